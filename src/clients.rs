@@ -1,0 +1,235 @@
+//! Team identity and roles: who is calling, and what that team may do.
+//!
+//! Keys are never stored: the config holds their SHA-256 digests and a presented key is hashed and
+//! compared against every digest in constant time. Roles decide which calls a team may make; a
+//! refused call never reaches upstream.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::ClientConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Operator,
+    Readonly,
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Readonly => "readonly",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    /// What the role may do, in words, for 403 messages.
+    pub fn allowance(self) -> &'static str {
+        match self {
+            Role::Admin => "every call",
+            Role::Operator => {
+                "GET and HEAD on /v1, and mutating calls on /v1 except /v1/users/** and /v1/roles/**"
+            }
+            Role::Readonly => "GET and HEAD on /v1 only",
+            Role::Auditor => "only the audit endpoints /_gateway/audit*, and nothing under /v1",
+        }
+    }
+
+    /// Whether the role may make this call on a /v1 path.
+    pub fn may_call_v1(self, method: &Method, path: &str) -> bool {
+        let read = method == Method::GET || method == Method::HEAD;
+        match self {
+            Role::Admin => true,
+            Role::Readonly => read,
+            Role::Operator => read || !touches_identity(path),
+            Role::Auditor => false,
+        }
+    }
+
+    /// Whether the role sees secrets in responses in the clear.
+    pub fn sees_secrets(self) -> bool {
+        self == Role::Admin
+    }
+}
+
+/// /v1/users/** and /v1/roles/** manage the company's identities; only admins change them.
+fn touches_identity(path: &str) -> bool {
+    ["/v1/users", "/v1/roles"].iter().any(|prefix| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+/// An identified caller. Cheap to clone: shared by every call of that team.
+#[derive(Debug)]
+pub struct Client {
+    pub name: String,
+    pub role: Role,
+    pub per_second: f64,
+    pub burst: u32,
+    key_digest: [u8; 32],
+}
+
+/// All configured teams, looked up by key.
+#[derive(Debug, Default)]
+pub struct ClientRegistry {
+    clients: Vec<Arc<Client>>,
+}
+
+impl ClientRegistry {
+    pub fn from_config(clients: &[ClientConfig]) -> Self {
+        let clients = clients
+            .iter()
+            .filter_map(|c| {
+                let bytes = hex::decode(&c.key_sha256).ok()?;
+                let key_digest: [u8; 32] = bytes.try_into().ok()?;
+                Some(Arc::new(Client {
+                    name: c.name.clone(),
+                    role: c.role,
+                    per_second: c.per_second,
+                    burst: c.burst,
+                    key_digest,
+                }))
+            })
+            .collect();
+        Self { clients }
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Finds the client whose key digest equals the digest of `key`. Every digest is compared, in
+    /// constant time, so the timing tells nothing about which (or whether a) client matched.
+    pub fn identify(&self, key: &str) -> Option<Arc<Client>> {
+        let presented = sha256(key.as_bytes());
+        let mut found = None;
+        for client in &self.clients {
+            if bool::from(client.key_digest.ct_eq(&presented)) {
+                found = Some(client.clone());
+            }
+        }
+        found
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Why a caller could not be identified; each says what to send instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProblem {
+    Missing,
+    Malformed,
+    Unknown,
+}
+
+impl KeyProblem {
+    pub fn message(self) -> &'static str {
+        match self {
+            KeyProblem::Missing => {
+                "no team key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`"
+            }
+            KeyProblem::Malformed => {
+                "the Authorization header must be `Bearer <key>` with your team key"
+            }
+            KeyProblem::Unknown => {
+                "the team key is not known to this gateway; ask the operator for a key \
+                 (`contabo-gateway keys new`)"
+            }
+        }
+    }
+}
+
+/// Extracts the presented team key: `Authorization: Bearer <key>` first, else `x-api-key`.
+pub fn presented_key(headers: &HeaderMap) -> Result<&str, KeyProblem> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| KeyProblem::Malformed)?;
+        let (scheme, key) = value.split_once(' ').ok_or(KeyProblem::Malformed)?;
+        let key = key.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || key.is_empty() {
+            return Err(KeyProblem::Malformed);
+        }
+        return Ok(key);
+    }
+    match headers.get("x-api-key") {
+        Some(value) => match value.to_str() {
+            Ok(key) if !key.trim().is_empty() => Ok(key.trim()),
+            _ => Err(KeyProblem::Malformed),
+        },
+        None => Err(KeyProblem::Missing),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> ClientRegistry {
+        let cfg = |name: &str, key: &str, role| ClientConfig {
+            name: name.into(),
+            key_sha256: hex::encode(sha256(key.as_bytes())),
+            role,
+            per_second: 1.0,
+            burst: 1,
+        };
+        ClientRegistry::from_config(&[
+            cfg("a", "key-a", Role::Admin),
+            cfg("b", "key-b", Role::Readonly),
+        ])
+    }
+
+    #[test]
+    fn identifies_by_key() {
+        let r = registry();
+        assert_eq!(r.identify("key-a").unwrap().name, "a");
+        assert_eq!(r.identify("key-b").unwrap().role, Role::Readonly);
+        assert!(r.identify("key-c").is_none());
+        assert!(r.identify("").is_none());
+    }
+
+    #[test]
+    fn role_matrix() {
+        use Method as M;
+        let cases = [
+            (Role::Readonly, M::GET, "/v1/compute/instances", true),
+            (Role::Readonly, M::POST, "/v1/compute/instances", false),
+            (Role::Operator, M::POST, "/v1/compute/instances", true),
+            (Role::Operator, M::PATCH, "/v1/users/1", false),
+            (Role::Operator, M::PUT, "/v1/roles/1", false),
+            (Role::Operator, M::GET, "/v1/users", true),
+            (Role::Operator, M::POST, "/v1/usersx", true),
+            (Role::Admin, M::DELETE, "/v1/users/1", true),
+            (Role::Auditor, M::GET, "/v1/users", false),
+        ];
+        for (role, method, path, allowed) in cases {
+            assert_eq!(role.may_call_v1(&method, path), allowed, "{role:?} {method} {path}");
+        }
+    }
+
+    #[test]
+    fn key_extraction() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_key(&h), Err(KeyProblem::Missing));
+        h.insert("x-api-key", "k1".parse().unwrap());
+        assert_eq!(presented_key(&h), Ok("k1"));
+        h.insert("authorization", "Bearer k2".parse().unwrap());
+        assert_eq!(presented_key(&h), Ok("k2"));
+        h.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(presented_key(&h), Err(KeyProblem::Malformed));
+    }
+}

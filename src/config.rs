@@ -1,0 +1,379 @@
+//! Typed gateway configuration: a TOML file, then environment overrides, then validation.
+//!
+//! Every key has a default (see `config/default.toml`, which documents them all); unknown keys are
+//! refused with the key's name so a typo never silently falls back to a default. Validation collects
+//! every problem at once so `check-config` can explain them together.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::clients::Role;
+
+/// The file read when neither `--config` nor `GATEWAY_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub log: LogConfig,
+    pub clients: Vec<ClientConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 10 * 1024 * 1024,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub api_url: String,
+    pub auth_url: String,
+    pub timeout_secs: u64,
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.contabo.com".into(),
+            auth_url: "https://auth.contabo.com/auth/realms/contabo/protocol/openid-connect/token"
+                .into(),
+            timeout_secs: 30,
+            connect_timeout_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "pretty" for people, "json" for log pipelines.
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. "info" or "contabo_gateway=debug,info".
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// One team: its key (as a SHA-256 digest), its role and its rate limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub name: String,
+    pub key_sha256: String,
+    pub role: Role,
+    #[serde(default = "default_per_second")]
+    pub per_second: f64,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_per_second() -> f64 {
+    5.0
+}
+fn default_burst() -> u32 {
+    10
+}
+
+/// The one Contabo credential the gateway holds. Read from the environment only, never from the
+/// config file, so the file can be shared and committed.
+#[derive(Clone)]
+pub struct Credentials {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub username: String,
+    pub password: SecretString,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Names of the credential variables, in the order the README lists them.
+pub const CREDENTIAL_VARS: [&str; 4] = [
+    "CONTABO_CLIENT_ID",
+    "CONTABO_CLIENT_SECRET",
+    "CONTABO_API_USER",
+    "CONTABO_API_PASSWORD",
+];
+
+impl Credentials {
+    /// Reads the four CONTABO_* variables; the error names every one that is missing or empty.
+    pub fn from_env() -> Result<Self, String> {
+        let values: Vec<Option<String>> = CREDENTIAL_VARS
+            .iter()
+            .map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+            .collect();
+        let missing: Vec<&str> = CREDENTIAL_VARS
+            .iter()
+            .zip(&values)
+            .filter(|(_, v)| v.is_none())
+            .map(|(name, _)| *name)
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "the Contabo credential is incomplete: set {} in the environment \
+                 (or run `serve --sandbox`, which needs no credential)",
+                missing.join(", ")
+            ));
+        }
+        let mut values = values.into_iter().map(Option::unwrap);
+        let mut next = || values.next().unwrap_or_default();
+        Ok(Self {
+            client_id: next(),
+            client_secret: SecretString::from(next()),
+            username: next(),
+            password: SecretString::from(next()),
+        })
+    }
+}
+
+/// Where the configuration came from, for messages.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    BuiltInDefaults,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::BuiltInDefaults => write!(f, "built-in defaults"),
+        }
+    }
+}
+
+impl Config {
+    /// Resolves the file (`--config`, else `GATEWAY_CONFIG`, else `config/default.toml` if it
+    /// exists, else built-in defaults), parses it and applies the environment overrides.
+    pub fn load(explicit: Option<&Path>) -> Result<(Self, Source), String> {
+        let env_path = std::env::var_os("GATEWAY_CONFIG").map(PathBuf::from);
+        let chosen = explicit.map(Path::to_path_buf).or(env_path);
+        let (mut config, source) = match chosen {
+            Some(path) => (Self::from_file(&path)?, Source::File(path)),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                let path = PathBuf::from(DEFAULT_CONFIG_PATH);
+                (Self::from_file(&path)?, Source::File(path))
+            }
+            None => (Self::default(), Source::BuiltInDefaults),
+        };
+        config.apply_env(|name| std::env::var(name).ok());
+        Ok((config, source))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Environment variables win over the file. `lookup` is injectable for tests.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        let set = |name: &str, target: &mut String| {
+            if let Some(v) = lookup(name).filter(|v| !v.is_empty()) {
+                *target = v;
+            }
+        };
+        set("GATEWAY_LISTEN", &mut self.server.listen);
+        set("CONTABO_API_URL", &mut self.upstream.api_url);
+        set("CONTABO_AUTH_URL", &mut self.upstream.auth_url);
+    }
+
+    /// Every problem found, each a sentence that says what to change. Empty means valid.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "server.listen = {:?} is not an address with a port, e.g. \"127.0.0.1:8080\"",
+                self.server.listen
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            problems.push("server.max_body_bytes must be at least 1".into());
+        }
+        for (key, url) in [
+            ("upstream.api_url", &self.upstream.api_url),
+            ("upstream.auth_url", &self.upstream.auth_url),
+        ] {
+            match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => problems.push(format!(
+                    "{key} = {url:?} is not an http(s) URL, e.g. \"https://api.contabo.com\""
+                )),
+            }
+        }
+        if self.upstream.timeout_secs == 0 {
+            problems.push("upstream.timeout_secs must be at least 1".into());
+        }
+        if self.upstream.connect_timeout_secs == 0 {
+            problems.push("upstream.connect_timeout_secs must be at least 1".into());
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            problems.push(format!(
+                "log.level = {:?} is not a tracing filter ({e}); use e.g. \"info\" or \"debug\"",
+                self.log.level
+            ));
+        }
+        problems.extend(self.client_problems());
+        problems
+    }
+
+    fn client_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        let mut digests = std::collections::HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let at = format!("clients[{i}] ({:?})", c.name);
+            if c.name.trim().is_empty() {
+                problems.push(format!("clients[{i}].name is empty; give every team a name"));
+            } else if !names.insert(c.name.as_str()) {
+                problems.push(format!("{at}: the name is used twice; names must be unique"));
+            }
+            let digest_ok = c.key_sha256.len() == 64 && hex::decode(&c.key_sha256).is_ok();
+            if !digest_ok {
+                problems.push(format!(
+                    "{at}: key_sha256 must be 64 hex characters (the SHA-256 of the key); \
+                     `contabo-gateway keys new {}` prints one",
+                    c.name
+                ));
+            } else if !digests.insert(c.key_sha256.to_ascii_lowercase()) {
+                problems.push(format!("{at}: key_sha256 is shared with another client"));
+            }
+            if !(c.per_second.is_finite() && c.per_second > 0.0) {
+                problems.push(format!(
+                    "{at}: per_second = {} must be a number above 0",
+                    c.per_second
+                ));
+            }
+            if c.burst < 1 {
+                problems.push(format!("{at}: burst must be at least 1"));
+            }
+        }
+        problems
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server
+            .listen
+            .parse()
+            .expect("validated by Config::problems")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().problems().is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nlissten = 3\n").unwrap_err();
+        assert!(err.contains("lissten"), "{err}");
+        let err = Config::from_toml("[bogus]\n").unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let cfg = Config::from_toml(
+            r#"
+            [server]
+            listen = "nowhere"
+            [upstream]
+            api_url = "ftp://x"
+            timeout_secs = 0
+            [[clients]]
+            name = "a"
+            key_sha256 = "abc"
+            role = "admin"
+            per_second = 0
+            burst = 0
+            [[clients]]
+            name = "a"
+            key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+            role = "readonly"
+            "#,
+        )
+        .unwrap();
+        let p = cfg.problems().join("\n");
+        for needle in [
+            "server.listen",
+            "upstream.api_url",
+            "timeout_secs",
+            "key_sha256 must be 64 hex",
+            "per_second",
+            "burst",
+            "used twice",
+        ] {
+            assert!(p.contains(needle), "missing {needle:?} in:\n{p}");
+        }
+    }
+
+    #[test]
+    fn bad_role_is_explained() {
+        let err = Config::from_toml(
+            "[[clients]]\nname='a'\nkey_sha256='00'\nrole='root'\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("root") && err.contains("admin"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let mut cfg = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        cfg.apply_env(|k| match k {
+            "GATEWAY_LISTEN" => Some("127.0.0.1:2".into()),
+            "CONTABO_API_URL" => Some("http://127.0.0.1:9".into()),
+            _ => None,
+        });
+        assert_eq!(cfg.server.listen, "127.0.0.1:2");
+        assert_eq!(cfg.upstream.api_url, "http://127.0.0.1:9");
+    }
+}

@@ -1,0 +1,117 @@
+//! The one error type of the gateway and its JSON form.
+//!
+//! Every error the gateway itself produces answers `{"error": code, "message": text, "request_id": id}`
+//! with the `x-request-id` header, so a caller can always quote the id in a support case. Messages say
+//! what to fix and never carry a secret.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+use serde_json::json;
+
+use crate::request_id::RequestId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("role {role} may not {method} {path}; role {role} may make {allowance}")]
+    Forbidden {
+        role: &'static str,
+        method: String,
+        path: String,
+        allowance: &'static str,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the request body is larger than server.max_body_bytes ({limit} bytes); send less")]
+    PayloadTooLarge { limit: usize },
+    #[error(
+        "the gateway could not use its Contabo credential: {reason}; \
+         the operator must check CONTABO_CLIENT_ID, CONTABO_CLIENT_SECRET, CONTABO_API_USER \
+         and CONTABO_API_PASSWORD"
+    )]
+    CredentialUnusable {
+        reason: String,
+        retry_after_secs: u64,
+    },
+    #[error("upstream {0} could not be reached; retry later")]
+    UpstreamUnreachable(String),
+    #[error("upstream did not answer within upstream.timeout_secs ({0} s); retry later")]
+    UpstreamTimeout(u64),
+    #[error("{0}")]
+    BadUpstreamResponse(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::CredentialUnusable { .. }
+            | GatewayError::UpstreamUnreachable(_)
+            | GatewayError::BadUpstreamResponse(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::Unauthenticated(_) => "unauthenticated",
+            GatewayError::Forbidden { .. } => "forbidden",
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::NotFound(_) => "not_found",
+            GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::CredentialUnusable { .. } => "upstream_credential_unusable",
+            GatewayError::UpstreamUnreachable(_) => "upstream_unreachable",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::BadUpstreamResponse(_) => "bad_upstream_response",
+            GatewayError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The JSON response for this error, tagged with the call's request id.
+    pub fn into_response_with(self, request_id: &RequestId) -> Response {
+        let body = json!({
+            "error": self.code(),
+            "message": self.to_string(),
+            "request_id": request_id.as_str(),
+        });
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(crate::request_id::HEADER, request_id.header_value());
+        if let GatewayError::CredentialUnusable {
+            retry_after_secs, ..
+        } = &self
+        {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn json_shape_and_header() {
+        let id = RequestId::generate();
+        let resp = GatewayError::BadRequest("fix it".into()).into_response_with(&id);
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(resp.headers()["x-request-id"], id.as_str());
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"], "bad_request");
+        assert_eq!(v["message"], "fix it");
+        assert_eq!(v["request_id"], id.as_str());
+    }
+}
