@@ -126,6 +126,14 @@ impl ClientRegistry {
     }
 }
 
+/// A fresh team key: 32 random bytes, URL-safe base64 without padding (43 characters).
+pub fn generate_key() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }

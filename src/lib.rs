@@ -1,9 +1,19 @@
 //! contabo-gateway: one HTTP gateway in front of the Contabo API for every internal team.
 //!
-//! The request pipeline is assembled in [`app`] and walked, stage by stage, in [`pipeline`].
+//! The router and its layers are assembled in [`app`]; the stages of a Contabo call are walked in
+//! order in [`pipeline`].
 
+pub mod admin;
+pub mod app;
 pub mod clients;
 pub mod config;
 pub mod error;
+pub mod pipeline;
+pub mod redact;
 pub mod request_id;
 pub mod routes;
+pub mod upstream;
+pub mod cli;
+pub mod sandbox;
+pub mod shutdown;
+pub mod telemetry;
