@@ -1,0 +1,137 @@
+//! Test fixture: a sandbox upstream and a gateway in front of it, each on its own loopback socket,
+//! with one team key per role.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use contabo_gateway::app::{self, Gateway};
+use contabo_gateway::clients::{Role, generate_key, sha256};
+use contabo_gateway::config::{ClientConfig, Config, Credentials};
+use contabo_gateway::sandbox::{Sandbox, SandboxOptions, SandboxState};
+
+pub struct Keys {
+    pub admin: String,
+    pub operator: String,
+    pub readonly: String,
+    pub auditor: String,
+}
+
+pub struct TestGateway {
+    pub url: String,
+    pub sandbox: Sandbox,
+    pub gateway: Arc<Gateway>,
+    pub keys: Keys,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestGateway {
+    pub fn sandbox(&self) -> &SandboxState {
+        &self.sandbox.state
+    }
+
+    /// Asks the server to stop (as SIGTERM would) and returns its task.
+    pub fn stop(&mut self) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.server.take().expect("server running")
+    }
+
+    pub fn get(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
+        http().get(format!("{}{path}", self.url)).bearer_auth(key)
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str, key: &str) -> reqwest::RequestBuilder {
+        http().request(method, format!("{}{path}", self.url)).bearer_auth(key)
+    }
+
+    pub fn api_calls(&self) -> u64 {
+        SandboxState::count(&self.sandbox().counters.api_calls)
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+fn client(name: &str, role: Role) -> (String, ClientConfig) {
+    let key = generate_key();
+    let cfg = ClientConfig {
+        name: name.into(),
+        key_sha256: hex::encode(sha256(key.as_bytes())),
+        role,
+        per_second: 1000.0,
+        burst: 1000,
+    };
+    (key, cfg)
+}
+
+pub async fn start() -> TestGateway {
+    start_with(SandboxOptions::default(), |_| {}).await
+}
+
+/// Starts a sandbox with `options` and a gateway whose config `tweak` may change.
+pub async fn start_with(options: SandboxOptions, tweak: impl FnOnce(&mut Config)) -> TestGateway {
+    let sandbox = Sandbox::start(options).await.unwrap();
+    let credentials = sandbox.credentials();
+    start_gateway(sandbox, credentials, tweak).await
+}
+
+pub async fn start_gateway(
+    sandbox: Sandbox,
+    credentials: Credentials,
+    tweak: impl FnOnce(&mut Config),
+) -> TestGateway {
+    let mut config = Config::default();
+    config.upstream.api_url = sandbox.api_url();
+    config.upstream.auth_url = sandbox.auth_url();
+    let (admin, a) = client("team-admin", Role::Admin);
+    let (operator, o) = client("team-operator", Role::Operator);
+    let (readonly, r) = client("team-readonly", Role::Readonly);
+    let (auditor, u) = client("team-auditor", Role::Auditor);
+    config.clients = vec![a, o, r, u];
+    tweak(&mut config);
+    assert!(config.problems().is_empty(), "{:?}", config.problems());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let gateway = Arc::new(Gateway::new(config, credentials).unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app::serve(gateway.clone(), listener, async move {
+        let _ = stop_rx.await;
+    }));
+    TestGateway {
+        url,
+        sandbox,
+        gateway,
+        keys: Keys { admin, operator, readonly, auditor },
+        stop: Some(stop_tx),
+        server: Some(server),
+    }
+}
+
+pub async fn json(response: reqwest::Response) -> serde_json::Value {
+    let bytes = response.bytes().await.unwrap();
+    serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
+}
+
+/// Sends raw bytes on a fresh TCP connection and returns the raw response head and body.
+pub async fn raw_request(url: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub const VALID_REQUEST_ID: &str = "04e0f898-37b4-48bc-a794-1a57abe6aa31";
