@@ -12,7 +12,11 @@ use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::{shutdown, telemetry};
 
 #[derive(Debug, Parser)]
-#[command(name = "contabo-gateway", version, about = "One gateway in front of the Contabo API for every team")]
+#[command(
+    name = "contabo-gateway",
+    version,
+    about = "One gateway in front of the Contabo API for every team"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -101,7 +105,10 @@ fn check_config(path: Option<PathBuf>) -> Result<(), String> {
     let (config, source) = load_valid(path)?;
     println!("configuration OK ({source})");
     println!("  listen: {}", config.server.listen);
-    println!("  upstream: {} (token: {})", config.upstream.api_url, config.upstream.auth_url);
+    println!(
+        "  upstream: {} (token: {})",
+        config.upstream.api_url, config.upstream.auth_url
+    );
     println!("  clients: {}", config.clients.len());
     match Credentials::from_env() {
         Ok(c) => println!("  credential: client {} as {}", c.client_id, c.username),

@@ -225,7 +225,11 @@ mod tests {
             (Role::Auditor, M::GET, "/v1/users", false),
         ];
         for (role, method, path, allowed) in cases {
-            assert_eq!(role.may_call_v1(&method, path), allowed, "{role:?} {method} {path}");
+            assert_eq!(
+                role.may_call_v1(&method, path),
+                allowed,
+                "{role:?} {method} {path}"
+            );
         }
     }
 

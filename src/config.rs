@@ -268,9 +268,13 @@ impl Config {
         for (i, c) in self.clients.iter().enumerate() {
             let at = format!("clients[{i}] ({:?})", c.name);
             if c.name.trim().is_empty() {
-                problems.push(format!("clients[{i}].name is empty; give every team a name"));
+                problems.push(format!(
+                    "clients[{i}].name is empty; give every team a name"
+                ));
             } else if !names.insert(c.name.as_str()) {
-                problems.push(format!("{at}: the name is used twice; names must be unique"));
+                problems.push(format!(
+                    "{at}: the name is used twice; names must be unique"
+                ));
             }
             let digest_ok = c.key_sha256.len() == 64 && hex::decode(&c.key_sha256).is_ok();
             if !digest_ok {
@@ -314,7 +318,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nlissten = 3\n").unwrap_err();
+        let err =
+            Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nlissten = 3\n").unwrap_err();
         assert!(err.contains("lissten"), "{err}");
         let err = Config::from_toml("[bogus]\n").unwrap_err();
         assert!(err.contains("bogus"), "{err}");
@@ -358,10 +363,8 @@ mod tests {
 
     #[test]
     fn bad_role_is_explained() {
-        let err = Config::from_toml(
-            "[[clients]]\nname='a'\nkey_sha256='00'\nrole='root'\n",
-        )
-        .unwrap_err();
+        let err =
+            Config::from_toml("[[clients]]\nname='a'\nkey_sha256='00'\nrole='root'\n").unwrap_err();
         assert!(err.contains("root") && err.contains("admin"), "{err}");
     }
 

@@ -92,7 +92,10 @@ impl GatewayError {
             retry_after_secs, ..
         } = &self
         {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(*retry_after_secs),
+            );
         }
         response
     }
@@ -108,7 +111,9 @@ mod tests {
         let resp = GatewayError::BadRequest("fix it".into()).into_response_with(&id);
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         assert_eq!(resp.headers()["x-request-id"], id.as_str());
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["error"], "bad_request");
         assert_eq!(v["message"], "fix it");

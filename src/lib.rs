@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod clients;
 pub mod config;
 pub mod error;
@@ -12,8 +13,7 @@ pub mod pipeline;
 pub mod redact;
 pub mod request_id;
 pub mod routes;
-pub mod upstream;
-pub mod cli;
 pub mod sandbox;
 pub mod shutdown;
 pub mod telemetry;
+pub mod upstream;

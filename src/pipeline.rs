@@ -130,9 +130,11 @@ fn check_header_values(headers: &HeaderMap) -> Result<(), GatewayError> {
 /// The calling team, from its key.
 pub fn identify(gw: &Gateway, headers: &HeaderMap) -> Result<Arc<Client>, GatewayError> {
     let key = presented_key(headers).map_err(|p| GatewayError::Unauthenticated(p.message()))?;
-    gw.clients().identify(key).ok_or(GatewayError::Unauthenticated(
-        crate::clients::KeyProblem::Unknown.message(),
-    ))
+    gw.clients()
+        .identify(key)
+        .ok_or(GatewayError::Unauthenticated(
+            crate::clients::KeyProblem::Unknown.message(),
+        ))
 }
 
 fn authorize(call: &CallContext, parts: &Parts) -> Result<(), GatewayError> {
@@ -250,7 +252,9 @@ fn adopt_rotated_secret(gw: &Gateway, client: &Client, body: &[u8]) {
         .and_then(|v| v["data"][0]["secret"].as_str().map(str::to_owned));
     match secret {
         Some(secret) => {
-            gw.upstream.tokens.adopt_client_secret(SecretString::from(secret));
+            gw.upstream
+                .tokens
+                .adopt_client_secret(SecretString::from(secret));
             tracing::warn!(
                 rotated_by = %client.name,
                 "the Contabo client secret was rotated through the gateway; the gateway now uses \
@@ -311,7 +315,12 @@ mod tests {
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
-        for ok in ["/v1/users", "/v1/users/abc", "/v1/users/a.b", "/v1/users/..x"] {
+        for ok in [
+            "/v1/users",
+            "/v1/users/abc",
+            "/v1/users/a.b",
+            "/v1/users/..x",
+        ] {
             assert!(check_path(ok).is_ok(), "{ok}");
         }
     }

@@ -111,7 +111,9 @@ mod tests {
     #[test]
     fn generated_ids_match() {
         for _ in 0..100 {
-            assert!(matches_contabo_pattern(RequestId::generate().as_str().as_bytes()));
+            assert!(matches_contabo_pattern(
+                RequestId::generate().as_str().as_bytes()
+            ));
         }
     }
 
@@ -119,9 +121,15 @@ mod tests {
     fn policy() {
         let mut h = HeaderMap::new();
         assert_eq!(RequestId::from_headers(&h).1, Origin::Generated);
-        h.insert(HEADER, "04e0f898-37b4-48bc-a794-1a57abe6aa31".parse().unwrap());
+        h.insert(
+            HEADER,
+            "04e0f898-37b4-48bc-a794-1a57abe6aa31".parse().unwrap(),
+        );
         let (id, origin) = RequestId::from_headers(&h);
-        assert_eq!((id.as_str(), origin), ("04e0f898-37b4-48bc-a794-1a57abe6aa31", Origin::Kept));
+        assert_eq!(
+            (id.as_str(), origin),
+            ("04e0f898-37b4-48bc-a794-1a57abe6aa31", Origin::Kept)
+        );
         h.insert(HEADER, "abc".parse().unwrap());
         let (id, origin) = RequestId::from_headers(&h);
         assert_eq!(origin, Origin::ReplacedMalformed);

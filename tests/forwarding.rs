@@ -10,7 +10,10 @@ use reqwest::Method;
 async fn get_goes_upstream_with_path_and_query_unchanged() {
     let gw = start().await;
     let response = gw
-        .get("/v1/users?size=1&page=1&orderBy=email:asc&orderBy=firstName:desc", &gw.keys.readonly)
+        .get(
+            "/v1/users?size=1&page=1&orderBy=email:asc&orderBy=firstName:desc",
+            &gw.keys.readonly,
+        )
         .send()
         .await
         .unwrap();
@@ -77,9 +80,15 @@ async fn hop_by_hop_headers_are_dropped_and_end_to_end_kept() {
         "upgrade",
         "trailer",
     ] {
-        assert!(!seen.headers.contains_key(dropped), "{dropped} reached upstream");
+        assert!(
+            !seen.headers.contains_key(dropped),
+            "{dropped} reached upstream"
+        );
     }
-    let connection = seen.headers.get("connection").map(|v| v.to_str().unwrap().to_string());
+    let connection = seen
+        .headers
+        .get("connection")
+        .map(|v| v.to_str().unwrap().to_string());
     assert!(connection.is_none_or(|c| !c.contains("x-hop-named")));
     assert_eq!(seen.headers["x-trace-id"], "trace-123");
     assert_eq!(seen.headers["x-team-note"], "kept");
@@ -104,7 +113,10 @@ async fn the_callers_key_never_reaches_upstream() {
         assert!(!seen.headers.contains_key("x-api-key"));
         let auth = seen.headers["authorization"].to_str().unwrap();
         assert!(auth.starts_with("Bearer ") && !auth.contains(&gw.keys.readonly));
-        assert!(gw.sandbox().access_token_valid(auth.trim_start_matches("Bearer ")));
+        assert!(
+            gw.sandbox()
+                .access_token_valid(auth.trim_start_matches("Bearer "))
+        );
         for (_, v) in &seen.headers {
             assert!(!v.to_str().unwrap_or("").contains(&gw.keys.readonly));
         }
@@ -123,13 +135,23 @@ async fn upstream_status_headers_and_body_come_back_unchanged() {
     assert_eq!(response.headers()["content-type"], "application/json");
     let body = json(response).await;
     assert_eq!(body["statusCode"], 404);
-    assert_eq!(body["message"], "Entry User not found by userId no-such-user");
+    assert_eq!(
+        body["message"],
+        "Entry User not found by userId no-such-user"
+    );
 
     // A route the spec does not know is still forwarded: upstream decides.
-    let response = gw.get("/v1/not-in-spec", &gw.keys.readonly).send().await.unwrap();
+    let response = gw
+        .get("/v1/not-in-spec", &gw.keys.readonly)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     assert_eq!(json(response).await["statusCode"], 404);
-    assert_eq!(gw.sandbox().last_recorded().unwrap().path_and_query, "/v1/not-in-spec");
+    assert_eq!(
+        gw.sandbox().last_recorded().unwrap().path_and_query,
+        "/v1/not-in-spec"
+    );
 }
 
 #[tokio::test]
@@ -143,7 +165,10 @@ async fn users_api_round_trip_through_the_gateway() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let id = json(created).await["data"][0]["userId"].as_str().unwrap().to_string();
+    let id = json(created).await["data"][0]["userId"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let patched = gw
         .request(Method::PATCH, &format!("/v1/users/{id}"), admin)
         .json(&serde_json::json!({"firstName": "Grace"}))
@@ -151,7 +176,13 @@ async fn users_api_round_trip_through_the_gateway() {
         .await
         .unwrap();
     assert_eq!(patched.status(), 200);
-    let user = json(gw.get(&format!("/v1/users/{id}"), admin).send().await.unwrap()).await;
+    let user = json(
+        gw.get(&format!("/v1/users/{id}"), admin)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(user["data"][0]["firstName"], "Grace");
     let deleted = gw
         .request(Method::DELETE, &format!("/v1/users/{id}"), admin)
@@ -159,6 +190,10 @@ async fn users_api_round_trip_through_the_gateway() {
         .await
         .unwrap();
     assert_eq!(deleted.status(), 204);
-    let gone = gw.get(&format!("/v1/users/{id}"), admin).send().await.unwrap();
+    let gone = gw
+        .get(&format!("/v1/users/{id}"), admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(gone.status(), 404);
 }

@@ -7,17 +7,25 @@ use common::{VALID_REQUEST_ID, json, start};
 use contabo_gateway::request_id::matches_contabo_pattern;
 
 async fn call(gw: &common::TestGateway, request_id: Option<&str>) -> (String, String) {
-    let mut request = gw.get("/v1/users", &gw.keys.readonly).header("x-trace-id", "trace-1");
+    let mut request = gw
+        .get("/v1/users", &gw.keys.readonly)
+        .header("x-trace-id", "trace-1");
     if let Some(id) = request_id {
         request = request.header("x-request-id", id);
     }
     let response = request.send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let echoed = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let echoed = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let seen = gw.sandbox().last_recorded().unwrap();
     assert_eq!(seen.headers["x-trace-id"], "trace-1");
     assert_eq!(seen.headers.get_all("x-request-id").iter().count(), 1);
-    (echoed, seen.headers["x-request-id"].to_str().unwrap().to_string())
+    (
+        echoed,
+        seen.headers["x-request-id"].to_str().unwrap().to_string(),
+    )
 }
 
 #[tokio::test]
@@ -44,7 +52,12 @@ async fn a_missing_id_is_generated() {
 #[tokio::test]
 async fn a_malformed_id_is_replaced() {
     let gw = start().await;
-    for bad in ["abc", "04e0f898-37b4-68bc-a794-1a57abe6aa31", "04e0f898-37b4-48bc-c794-1a57abe6aa31", ""] {
+    for bad in [
+        "abc",
+        "04e0f898-37b4-68bc-a794-1a57abe6aa31",
+        "04e0f898-37b4-48bc-c794-1a57abe6aa31",
+        "",
+    ] {
         let (echoed, upstream) = call(&gw, Some(bad)).await;
         assert_ne!(upstream, bad);
         assert!(matches_contabo_pattern(upstream.as_bytes()));

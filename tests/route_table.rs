@@ -38,7 +38,12 @@ fn spec() -> Value {
 
 /// Walks a schema (following $ref, allOf/oneOf/anyOf, items and properties) and collects the
 /// secret properties it can contain.
-fn collect_secrets(spec: &Value, schema: &Value, seen: &mut BTreeSet<String>, out: &mut BTreeSet<String>) {
+fn collect_secrets(
+    spec: &Value,
+    schema: &Value,
+    seen: &mut BTreeSet<String>,
+    out: &mut BTreeSet<String>,
+) {
     if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
         let name = reference.rsplit('/').next().unwrap().to_string();
         if !seen.insert(name.clone()) {
@@ -88,10 +93,9 @@ fn derive() -> Vec<Derived> {
                     Value::Number(n) => n.to_string(),
                     _ => continue,
                 };
-                if status.starts_with('2') {
-                    if let Some(schema) = response["content"]["application/json"].get("schema") {
-                        collect_secrets(&spec, schema, &mut BTreeSet::new(), &mut secret_fields);
-                    }
+                let schema = response["content"]["application/json"].get("schema");
+                if let (true, Some(schema)) = (status.starts_with('2'), schema) {
+                    collect_secrets(&spec, schema, &mut BTreeSet::new(), &mut secret_fields);
                 }
             }
             let mutates = method != "get";
@@ -132,7 +136,11 @@ fn render(rows: &[Derived]) -> String {
         let cached = r
             .cached_as
             .map_or("None".to_string(), |g| format!("Some(CacheGroup::{g})"));
-        let invalidates: Vec<String> = r.invalidates.iter().map(|g| format!("CacheGroup::{g}")).collect();
+        let invalidates: Vec<String> = r
+            .invalidates
+            .iter()
+            .map(|g| format!("CacheGroup::{g}"))
+            .collect();
         out.push_str(&format!(
             "    Operation {{ operation_id: {:?}, method: {:?}, path: {:?}, mutates: {}, secret_fields: &[{}], cached_as: {}, invalidates: &[{}] }},\n",
             r.operation_id,
@@ -194,13 +202,22 @@ fn secret_bearing_routes_are_the_expected_ones() {
         "PATCH /v1/users/{userId}/object-storages/{objectStorageId}/credentials/{credentialId}",
         "GET /v1/secrets/{secretId}",
     ] {
-        assert!(secret_routes.contains(expected), "{expected} not secret-bearing: {secret_routes:?}");
+        assert!(
+            secret_routes.contains(expected),
+            "{expected} not secret-bearing: {secret_routes:?}"
+        );
     }
     assert!(!secret_routes.contains("GET /v1/users/{userId}"));
-    let cached: Vec<_> = OPERATIONS.iter().filter(|o| o.cached_as.is_some()).collect();
-    assert_eq!(cached.len(), 3);
-    assert!(OPERATIONS
+    let cached: Vec<_> = OPERATIONS
         .iter()
-        .filter(|o| o.invalidates.contains(&CacheGroup::Users))
-        .all(|o| o.mutates && (o.path.starts_with("/v1/users") || o.path.starts_with("/v1/roles"))));
+        .filter(|o| o.cached_as.is_some())
+        .collect();
+    assert_eq!(cached.len(), 3);
+    assert!(
+        OPERATIONS
+            .iter()
+            .filter(|o| o.invalidates.contains(&CacheGroup::Users))
+            .all(|o| o.mutates
+                && (o.path.starts_with("/v1/users") || o.path.starts_with("/v1/roles")))
+    );
 }

@@ -21,7 +21,11 @@ async fn hundred_concurrent_calls_on_a_cold_gateway_cause_one_password_grant() {
     let gw = start().await;
     let calls = (0..100).map(|_| gw.get("/v1/users", &gw.keys.readonly).send());
     let responses = futures_util::future::join_all(calls).await;
-    assert!(responses.iter().all(|r| r.as_ref().unwrap().status() == 200));
+    assert!(
+        responses
+            .iter()
+            .all(|r| r.as_ref().unwrap().status() == 200)
+    );
     let counters = &gw.sandbox().counters;
     assert_eq!(count(&counters.password_grants), 1);
     assert_eq!(count(&counters.refresh_grants), 0);
@@ -40,16 +44,29 @@ async fn short_lived_tokens_are_refreshed_without_a_failed_call() {
     while started.elapsed() < Duration::from_secs(6) {
         let burst = (0..5).map(|_| gw.get("/v1/users", &gw.keys.readonly).send());
         for response in futures_util::future::join_all(burst).await {
-            assert_eq!(response.unwrap().status(), 200, "a call failed after {:?}", started.elapsed());
+            assert_eq!(
+                response.unwrap().status(),
+                200,
+                "a call failed after {:?}",
+                started.elapsed()
+            );
             calls += 1;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let counters = &gw.sandbox().counters;
     assert!(calls > 100);
-    assert_eq!(count(&counters.unauthorized), 0, "no call may meet an expired token");
+    assert_eq!(
+        count(&counters.unauthorized),
+        0,
+        "no call may meet an expired token"
+    );
     assert_eq!(count(&counters.password_grants), 1);
-    assert!(count(&counters.refresh_grants) >= 3, "refreshes: {}", count(&counters.refresh_grants));
+    assert!(
+        count(&counters.refresh_grants) >= 3,
+        "refreshes: {}",
+        count(&counters.refresh_grants)
+    );
 }
 
 #[tokio::test]
@@ -59,21 +76,52 @@ async fn a_dead_refresh_token_falls_back_to_the_password_grant_in_the_same_call(
         refresh_token_secs: 1.0,
     };
     let gw = start_with(options, |_| {}).await;
-    assert_eq!(gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.get("/v1/users", &gw.keys.readonly)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert_eq!(gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.get("/v1/users", &gw.keys.readonly)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(count(&gw.sandbox().counters.password_grants), 2);
 }
 
 #[tokio::test]
 async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
     let gw = start().await;
-    assert_eq!(gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.get("/v1/users", &gw.keys.readonly)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // The auth server forgets every refresh token (as after a Keycloak restart), and upstream
     // refuses the current access token.
     gw.sandbox().refresh_tokens.lock().unwrap().clear();
-    gw.sandbox().faults.reject_next_calls.store(1, Ordering::SeqCst);
-    assert_eq!(gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap().status(), 200);
+    gw.sandbox()
+        .faults
+        .reject_next_calls
+        .store(1, Ordering::SeqCst);
+    assert_eq!(
+        gw.get("/v1/users", &gw.keys.readonly)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let counters = &gw.sandbox().counters;
     assert_eq!(count(&counters.refused_grants), 1);
     assert_eq!(count(&counters.password_grants), 2);
@@ -82,9 +130,19 @@ async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
 #[tokio::test]
 async fn an_upstream_401_renews_the_token_and_retries_once_with_the_same_request_id() {
     let gw = start().await;
-    assert_eq!(gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.get("/v1/users", &gw.keys.readonly)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let before = gw.sandbox().recorded().len();
-    gw.sandbox().faults.reject_next_calls.store(1, Ordering::SeqCst);
+    gw.sandbox()
+        .faults
+        .reject_next_calls
+        .store(1, Ordering::SeqCst);
     let response = gw
         .request(Method::POST, "/v1/compute/instances", &gw.keys.operator)
         .header("x-request-id", common::VALID_REQUEST_ID)
@@ -101,12 +159,18 @@ async fn an_upstream_401_renews_the_token_and_retries_once_with_the_same_request
         assert_eq!(attempt.headers["x-request-id"], common::VALID_REQUEST_ID);
         assert_eq!(attempt.body, attempts[0].body);
     }
-    assert_ne!(attempts[0].headers["authorization"], attempts[1].headers["authorization"]);
+    assert_ne!(
+        attempts[0].headers["authorization"],
+        attempts[1].headers["authorization"]
+    );
     assert_eq!(count(&gw.sandbox().counters.refresh_grants), 1);
 
     // Refused twice: the caller sees upstream's 401 after a single retry.
     let before = gw.sandbox().recorded().len();
-    gw.sandbox().faults.reject_next_calls.store(2, Ordering::SeqCst);
+    gw.sandbox()
+        .faults
+        .reject_next_calls
+        .store(2, Ordering::SeqCst);
     let response = gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap();
     assert_eq!(response.status(), 401);
     assert_eq!(gw.sandbox().recorded().len() - before, 2);
@@ -126,7 +190,10 @@ async fn secret_rotation_through_the_gateway_keeps_later_grants_working() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let new_secret = json(response).await["data"][0]["secret"].as_str().unwrap().to_string();
+    let new_secret = json(response).await["data"][0]["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_ne!(new_secret, old_secret);
     assert_eq!(gw.sandbox().credential().client_secret, new_secret);
     // Both tokens die; the next call needs a password grant, which only the new secret passes.
@@ -151,7 +218,10 @@ async fn a_refused_credential_answers_502_without_the_secret_and_backs_off() {
         let response = gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap();
         assert_eq!(response.status(), 502);
         assert!(response.headers().contains_key("retry-after"));
-        let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+        let request_id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
         let body = json(response).await;
         assert_eq!(body["error"], "upstream_credential_unusable");
         assert_eq!(body["request_id"], request_id.as_str());
@@ -163,7 +233,11 @@ async fn a_refused_credential_answers_502_without_the_secret_and_backs_off() {
     // Five calls within the backoff window: the auth server saw one attempt.
     assert_eq!(count(&gw.sandbox().counters.refused_grants), 1);
     assert_eq!(gw.api_calls(), 0);
-    let ready = common::http().get(format!("{}/_gateway/ready", gw.url)).send().await.unwrap();
+    let ready = common::http()
+        .get(format!("{}/_gateway/ready", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
 }
 
@@ -173,13 +247,30 @@ async fn an_unavailable_auth_server_answers_502() {
     gw.sandbox().faults.auth_down.store(true, Ordering::SeqCst);
     let response = gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap();
     assert_eq!(response.status(), 502);
-    assert_eq!(json(response).await["error"], "upstream_credential_unusable");
-    let ready = common::http().get(format!("{}/_gateway/ready", gw.url)).send().await.unwrap();
+    assert_eq!(
+        json(response).await["error"],
+        "upstream_credential_unusable"
+    );
+    let ready = common::http()
+        .get(format!("{}/_gateway/ready", gw.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     let body = json(ready).await;
-    assert!(body["checks"]["token"].as_str().unwrap().contains("503"), "{body}");
+    assert!(
+        body["checks"]["token"].as_str().unwrap().contains("503"),
+        "{body}"
+    );
     // After the backoff (1 s for the first failure) and recovery, calls work again.
     gw.sandbox().faults.auth_down.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.get("/v1/users", &gw.keys.readonly)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }

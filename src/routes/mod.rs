@@ -93,7 +93,7 @@ impl RouteTable {
         let count = path.split('/').skip(1).count();
         self.templates
             .iter()
-            .filter(|t| &t.method == method && t.segments.len() == count)
+            .filter(|t| t.method == *method && t.segments.len() == count)
             .find(|t| {
                 t.segments
                     .iter()
@@ -119,13 +119,28 @@ mod tests {
 
     #[test]
     fn literals_win_over_templates() {
-        assert_eq!(id(Method::GET, "/v1/users/client"), Some("retrieveUserClient"));
-        assert_eq!(id(Method::GET, "/v1/users/is-password-set"), Some("retrieveUserIsPasswordSet"));
-        assert_eq!(id(Method::GET, "/v1/users/audits"), Some("retrieveUserAuditsList"));
+        assert_eq!(
+            id(Method::GET, "/v1/users/client"),
+            Some("retrieveUserClient")
+        );
+        assert_eq!(
+            id(Method::GET, "/v1/users/is-password-set"),
+            Some("retrieveUserIsPasswordSet")
+        );
+        assert_eq!(
+            id(Method::GET, "/v1/users/audits"),
+            Some("retrieveUserAuditsList")
+        );
         assert_eq!(id(Method::GET, "/v1/users/abc-123"), Some("retrieveUser"));
         assert_eq!(id(Method::HEAD, "/v1/users/abc-123"), Some("retrieveUser"));
-        assert_eq!(id(Method::GET, "/v1/compute/instances/actions/audits"), Some("retrieveInstancesActionsAuditsList"));
-        assert_eq!(id(Method::PUT, "/v1/users/client/secret"), Some("generateClientSecret"));
+        assert_eq!(
+            id(Method::GET, "/v1/compute/instances/actions/audits"),
+            Some("retrieveInstancesActionsAuditsList")
+        );
+        assert_eq!(
+            id(Method::PUT, "/v1/users/client/secret"),
+            Some("generateClientSecret")
+        );
         assert_eq!(id(Method::GET, "/v1/nothing"), None);
         assert_eq!(id(Method::GET, "/v1/users/"), None);
     }
@@ -139,7 +154,12 @@ mod tests {
         let rotate = t.find(&Method::PUT, "/v1/users/client/secret").unwrap();
         assert!(rotate.mutates && rotate.carries_secrets());
         assert_eq!(rotate.invalidates, &[CacheGroup::Client]);
-        let creds = t.find(&Method::GET, "/v1/users/u1/object-storages/o1/credentials/7").unwrap();
+        let creds = t
+            .find(
+                &Method::GET,
+                "/v1/users/u1/object-storages/o1/credentials/7",
+            )
+            .unwrap();
         assert_eq!(creds.secret_fields, &["secretKey"]);
         assert_eq!(creds.cached_as, None);
         let patch = t.find(&Method::PATCH, "/v1/users/u1").unwrap();

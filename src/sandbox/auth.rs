@@ -56,7 +56,10 @@ pub async fn token(
                     "Invalid user credentials",
                 );
             }
-            state.counters.password_grants.fetch_add(1, Ordering::SeqCst);
+            state
+                .counters
+                .password_grants
+                .fetch_add(1, Ordering::SeqCst);
         }
         "refresh_token" => {
             if !state.take_refresh_token(field("refresh_token")) {

@@ -10,7 +10,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::state::{CUSTOMER_ID, SandboxState, TENANT_ID, now_rfc3339};
-use super::{contabo_error, page_of, parse_json_body};
+use super::{contabo_error, invalid_json, page_of, parse_json_body};
 
 fn instance(id: i64, request: &Value) -> Value {
     let text = |key: &str, default: &str| {
@@ -59,31 +59,58 @@ pub async fn list_instances(
     State(state): State<Arc<SandboxState>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let instances: Vec<Value> = state.data.lock().unwrap().instances.values().cloned().collect();
+    let instances: Vec<Value> = state
+        .data
+        .lock()
+        .unwrap()
+        .instances
+        .values()
+        .cloned()
+        .collect();
     page_of(instances, &query, "/v1/compute/instances")
 }
 
-pub async fn get_instance(State(state): State<Arc<SandboxState>>, Path(id): Path<String>) -> Response {
+pub async fn get_instance(
+    State(state): State<Arc<SandboxState>>,
+    Path(id): Path<String>,
+) -> Response {
     let found = id
         .parse::<i64>()
         .ok()
         .and_then(|id| state.data.lock().unwrap().instances.get(&id).cloned());
     match found {
-        Some(instance) => Json(json!({"data": [instance], "_links": {"self": format!("/v1/compute/instances/{id}")}})).into_response(),
-        None => contabo_error(StatusCode::NOT_FOUND, &format!("Entry Instance not found by instanceId {id}")),
+        Some(instance) => Json(
+            json!({"data": [instance], "_links": {"self": format!("/v1/compute/instances/{id}")}}),
+        )
+        .into_response(),
+        None => contabo_error(
+            StatusCode::NOT_FOUND,
+            &format!("Entry Instance not found by instanceId {id}"),
+        ),
     }
 }
 
 pub async fn create_instance(State(state): State<Arc<SandboxState>>, body: Bytes) -> Response {
-    let request = match parse_json_body(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(request) = parse_json_body(&body) else {
+        return invalid_json();
     };
     let mut data = state.data.lock().unwrap();
     let id = 100_000 + data.next_id();
     let created = instance(id, &request);
     data.instances.insert(id, created.clone());
-    let fields = ["tenantId", "customerId", "instanceId", "createdDate", "imageId", "productId", "region", "addOns", "osType", "status", "sshKeys"];
+    let fields = [
+        "tenantId",
+        "customerId",
+        "instanceId",
+        "createdDate",
+        "imageId",
+        "productId",
+        "region",
+        "addOns",
+        "osType",
+        "status",
+        "sshKeys",
+    ];
     let summary: serde_json::Map<String, Value> = fields
         .iter()
         .map(|f| (f.to_string(), created[*f].clone()))

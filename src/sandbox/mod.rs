@@ -108,9 +108,15 @@ pub fn router(state: Arc<SandboxState>) -> Router {
             "/v1/compute/instances",
             get(compute::list_instances).post(compute::create_instance),
         )
-        .route("/v1/compute/instances/{instance_id}", get(compute::get_instance))
+        .route(
+            "/v1/compute/instances/{instance_id}",
+            get(compute::get_instance),
+        )
         .fallback(|| async { contabo_error(StatusCode::NOT_FOUND, "Not Found") })
-        .layer(middleware::from_fn_with_state(state.clone(), contabo_checks));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            contabo_checks,
+        ));
     Router::new()
         .route(auth::TOKEN_PATH, post(auth::token))
         .merge(v1)
@@ -179,9 +185,13 @@ pub fn contabo_error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-fn parse_json_body(body: &Bytes) -> Result<Value, Response> {
-    serde_json::from_slice(body)
-        .map_err(|_| contabo_error(StatusCode::BAD_REQUEST, "body must be valid JSON"))
+/// The JSON of a request body; `None` when it is not JSON (answer with [`invalid_json`]).
+fn parse_json_body(body: &Bytes) -> Option<Value> {
+    serde_json::from_slice(body).ok()
+}
+
+fn invalid_json() -> Response {
+    contabo_error(StatusCode::BAD_REQUEST, "body must be valid JSON")
 }
 
 /// One page of `items` in Contabo's list shape (`page` from 1, `size` default 100).
@@ -196,7 +206,11 @@ fn page_of(items: Vec<Value>, query: &HashMap<String, String>, path: &str) -> Re
     let (page, size) = (number("page", 1), number("size", 100));
     let total = items.len();
     let pages = total.div_ceil(size).max(1);
-    let data: Vec<Value> = items.into_iter().skip((page - 1) * size).take(size).collect();
+    let data: Vec<Value> = items
+        .into_iter()
+        .skip((page - 1) * size)
+        .take(size)
+        .collect();
     let link = |p: usize| format!("{path}?page={p}&size={size}");
     let mut links = json!({"self": link(page), "first": link(1), "last": link(pages)});
     if page > 1 {

@@ -10,8 +10,10 @@ use axum::{Json, body::Bytes};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
-use super::state::{CUSTOMER_ID, SandboxState, TENANT_ID, User, UserAudit, now_rfc3339, random_token};
-use super::{contabo_error, page_of, parse_json_body};
+use super::state::{
+    CUSTOMER_ID, SandboxState, TENANT_ID, User, UserAudit, now_rfc3339, random_token,
+};
+use super::{contabo_error, invalid_json, page_of, parse_json_body};
 
 const LOCALES: [&str; 4] = ["de-DE", "de", "en-US", "en"];
 
@@ -23,7 +25,13 @@ fn header(headers: &HeaderMap, name: &str) -> String {
         .to_string()
 }
 
-fn audit(state: &SandboxState, headers: &HeaderMap, action: &'static str, user_id: &str, changes: Value) {
+fn audit(
+    state: &SandboxState,
+    headers: &HeaderMap,
+    action: &'static str,
+    user_id: &str,
+    changes: Value,
+) {
     let mut data = state.data.lock().unwrap();
     let id = data.next_id();
     data.user_audits.push(UserAudit {
@@ -50,7 +58,11 @@ pub async fn list_users(
         data.users
             .values()
             .filter(|u| query.get("email").is_none_or(|e| &u.email == e))
-            .filter(|u| query.get("enabled").is_none_or(|e| u.enabled.to_string() == *e))
+            .filter(|u| {
+                query
+                    .get("enabled")
+                    .is_none_or(|e| u.enabled.to_string() == *e)
+            })
             .filter(|u| query.get("owner").is_none_or(|o| u.owner.to_string() == *o))
             .map(|u| serde_json::to_value(u).unwrap())
             .collect()
@@ -61,8 +73,12 @@ pub async fn list_users(
 pub async fn get_user(State(state): State<Arc<SandboxState>>, Path(id): Path<String>) -> Response {
     let data = state.data.lock().unwrap();
     match data.users.get(&id) {
-        Some(user) => Json(json!({"data": [user], "_links": {"self": format!("/v1/users/{id}")}})).into_response(),
-        None => contabo_error(StatusCode::NOT_FOUND, &format!("Entry User not found by userId {id}")),
+        Some(user) => Json(json!({"data": [user], "_links": {"self": format!("/v1/users/{id}")}}))
+            .into_response(),
+        None => contabo_error(
+            StatusCode::NOT_FOUND,
+            &format!("Entry User not found by userId {id}"),
+        ),
     }
 }
 
@@ -71,7 +87,10 @@ fn apply_user_fields(user: &mut User, body: &Value) -> Result<(), String> {
     for (key, value) in body.as_object().ok_or("body must be a JSON object")? {
         match key.as_str() {
             "firstName" | "lastName" | "email" | "locale" => {
-                let s = value.as_str().ok_or(format!("{key} must be a string"))?.to_string();
+                let s = value
+                    .as_str()
+                    .ok_or(format!("{key} must be a string"))?
+                    .to_string();
                 match key.as_str() {
                     "firstName" => user.first_name = s,
                     "lastName" => user.last_name = s,
@@ -90,7 +109,9 @@ fn apply_user_fields(user: &mut User, body: &Value) -> Result<(), String> {
                 }
             }
             "roles" => {
-                let ids = value.as_array().ok_or("roles must be an array of role ids")?;
+                let ids = value
+                    .as_array()
+                    .ok_or("roles must be an array of role ids")?;
                 user.roles = ids.iter().filter_map(Value::as_i64).map(|id| json!({"roleId": id, "name": format!("role-{id}"), "admin": false, "accessAllResources": false, "type": "custom", "tenantId": TENANT_ID, "customerId": CUSTOMER_ID})).collect();
             }
             _ => return Err(format!("property {key} should not exist")),
@@ -99,14 +120,20 @@ fn apply_user_fields(user: &mut User, body: &Value) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn create_user(State(state): State<Arc<SandboxState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let body = match parse_json_body(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
+pub async fn create_user(
+    State(state): State<Arc<SandboxState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(body) = parse_json_body(&body) else {
+        return invalid_json();
     };
     for required in ["email", "enabled", "locale", "totp"] {
         if body.get(required).is_none() {
-            return contabo_error(StatusCode::BAD_REQUEST, &format!("{required} should not be empty"));
+            return contabo_error(
+                StatusCode::BAD_REQUEST,
+                &format!("{required} should not be empty"),
+            );
         }
     }
     let mut user = User {
@@ -145,14 +172,16 @@ pub async fn update_user(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let body = match parse_json_body(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(body) = parse_json_body(&body) else {
+        return invalid_json();
     };
     let result = {
         let mut data = state.data.lock().unwrap();
         match data.users.get_mut(&id) {
-            None => Err(contabo_error(StatusCode::NOT_FOUND, &format!("Entry User not found by userId {id}"))),
+            None => Err(contabo_error(
+                StatusCode::NOT_FOUND,
+                &format!("Entry User not found by userId {id}"),
+            )),
             Some(user) => {
                 let mut updated = user.clone();
                 match apply_user_fields(&mut updated, &body) {
@@ -172,20 +201,33 @@ pub async fn update_user(
     Json(json!({"_links": {"self": format!("/v1/users/{id}")}})).into_response()
 }
 
-pub async fn delete_user(State(state): State<Arc<SandboxState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+pub async fn delete_user(
+    State(state): State<Arc<SandboxState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if state.data.lock().unwrap().users.remove(&id).is_none() {
-        return contabo_error(StatusCode::NOT_FOUND, &format!("Entry User not found by userId {id}"));
+        return contabo_error(
+            StatusCode::NOT_FOUND,
+            &format!("Entry User not found by userId {id}"),
+        );
     }
     audit(&state, &headers, "DELETED", &id, json!({}));
     StatusCode::NO_CONTENT.into_response()
 }
 
 /// reset-password and resend-email-verification: 204 for a known user.
-pub async fn user_action(State(state): State<Arc<SandboxState>>, Path((id, _action)): Path<(String, String)>) -> Response {
+pub async fn user_action(
+    State(state): State<Arc<SandboxState>>,
+    Path((id, _action)): Path<(String, String)>,
+) -> Response {
     if state.data.lock().unwrap().users.contains_key(&id) {
         StatusCode::NO_CONTENT.into_response()
     } else {
-        contabo_error(StatusCode::NOT_FOUND, &format!("Entry User not found by userId {id}"))
+        contabo_error(
+            StatusCode::NOT_FOUND,
+            &format!("Entry User not found by userId {id}"),
+        )
     }
 }
 
@@ -215,9 +257,14 @@ pub async fn rotate_client_secret(State(state): State<Arc<SandboxState>>) -> Res
     .into_response()
 }
 
-pub async fn is_password_set(State(state): State<Arc<SandboxState>>, Query(query): Query<HashMap<String, String>>) -> Response {
+pub async fn is_password_set(
+    State(state): State<Arc<SandboxState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let data = state.data.lock().unwrap();
-    let known = query.get("userId").is_none_or(|id| data.users.contains_key(id));
+    let known = query
+        .get("userId")
+        .is_none_or(|id| data.users.contains_key(id));
     Json(json!({
         "data": [{"tenantId": TENANT_ID, "customerId": CUSTOMER_ID, "isPasswordSet": known}],
         "_links": {"self": "/v1/users/is-password-set"},
@@ -235,14 +282,23 @@ pub async fn list_user_audits(
             .iter()
             .filter(|a| query.get("userId").is_none_or(|id| &a.user_id == id))
             .filter(|a| query.get("requestId").is_none_or(|id| &a.request_id == id))
-            .filter(|a| query.get("startDate").is_none_or(|d| a.timestamp.as_str() >= d.as_str()))
+            .filter(|a| {
+                query
+                    .get("startDate")
+                    .is_none_or(|d| a.timestamp.as_str() >= d.as_str())
+            })
             .map(|a| serde_json::to_value(a).unwrap())
             .collect()
     };
     page_of(audits, &query, "/v1/users/audits")
 }
 
-fn s3_credential(user_id: &str, object_storage_id: &str, credential_id: i64, secret: &str) -> Value {
+fn s3_credential(
+    user_id: &str,
+    object_storage_id: &str,
+    credential_id: i64,
+    secret: &str,
+) -> Value {
     json!({
         "tenantId": TENANT_ID,
         "customerId": CUSTOMER_ID,
@@ -280,7 +336,10 @@ pub async fn list_s3_credentials(
             &query,
             &format!("/v1/users/{user_id}/object-storages/credentials"),
         ),
-        None => contabo_error(StatusCode::NOT_FOUND, &format!("Entry User not found by userId {user_id}")),
+        None => contabo_error(
+            StatusCode::NOT_FOUND,
+            &format!("Entry User not found by userId {user_id}"),
+        ),
     }
 }
 
@@ -306,7 +365,12 @@ pub async fn regenerate_s3_credential(
         return contabo_error(StatusCode::NOT_FOUND, "Entry Credential not found");
     }
     let secret = random_token();
-    state.data.lock().unwrap().s3_secrets.insert((user_id.clone(), 1), secret.clone());
+    state
+        .data
+        .lock()
+        .unwrap()
+        .s3_secrets
+        .insert((user_id.clone(), 1), secret.clone());
     Json(json!({
         "data": [s3_credential(&user_id, &object_storage_id, 1, &secret)],
         "_links": {"self": format!("/v1/users/{user_id}/object-storages/{object_storage_id}/credentials/1")},
@@ -315,8 +379,14 @@ pub async fn regenerate_s3_credential(
 }
 
 fn role_from_body(role_id: i64, body: &Value) -> Result<Value, String> {
-    let name = body.get("name").and_then(Value::as_str).ok_or("name should not be empty")?;
-    let admin = body.get("admin").and_then(Value::as_bool).ok_or("admin must be a boolean")?;
+    let name = body
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or("name should not be empty")?;
+    let admin = body
+        .get("admin")
+        .and_then(Value::as_bool)
+        .ok_or("admin must be a boolean")?;
     let all = body
         .get("accessAllResources")
         .and_then(Value::as_bool)
@@ -328,22 +398,28 @@ fn role_from_body(role_id: i64, body: &Value) -> Result<Value, String> {
     }))
 }
 
-pub async fn list_roles(State(state): State<Arc<SandboxState>>, Query(query): Query<HashMap<String, String>>) -> Response {
+pub async fn list_roles(
+    State(state): State<Arc<SandboxState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let roles: Vec<Value> = state.data.lock().unwrap().roles.values().cloned().collect();
     page_of(roles, &query, "/v1/roles")
 }
 
 pub async fn get_role(State(state): State<Arc<SandboxState>>, Path(id): Path<i64>) -> Response {
     match state.data.lock().unwrap().roles.get(&id) {
-        Some(role) => Json(json!({"data": [role], "_links": {"self": format!("/v1/roles/{id}")}})).into_response(),
-        None => contabo_error(StatusCode::NOT_FOUND, &format!("Entry Role not found by roleId {id}")),
+        Some(role) => Json(json!({"data": [role], "_links": {"self": format!("/v1/roles/{id}")}}))
+            .into_response(),
+        None => contabo_error(
+            StatusCode::NOT_FOUND,
+            &format!("Entry Role not found by roleId {id}"),
+        ),
     }
 }
 
 pub async fn create_role(State(state): State<Arc<SandboxState>>, body: Bytes) -> Response {
-    let body = match parse_json_body(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
+    let Some(body) = parse_json_body(&body) else {
+        return invalid_json();
     };
     let mut data = state.data.lock().unwrap();
     let id = data.next_id();
@@ -360,14 +436,20 @@ pub async fn create_role(State(state): State<Arc<SandboxState>>, body: Bytes) ->
     }
 }
 
-pub async fn update_role(State(state): State<Arc<SandboxState>>, Path(id): Path<i64>, body: Bytes) -> Response {
-    let body = match parse_json_body(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
+pub async fn update_role(
+    State(state): State<Arc<SandboxState>>,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Response {
+    let Some(body) = parse_json_body(&body) else {
+        return invalid_json();
     };
     let mut data = state.data.lock().unwrap();
     if !data.roles.contains_key(&id) {
-        return contabo_error(StatusCode::NOT_FOUND, &format!("Entry Role not found by roleId {id}"));
+        return contabo_error(
+            StatusCode::NOT_FOUND,
+            &format!("Entry Role not found by roleId {id}"),
+        );
     }
     match role_from_body(id, &body) {
         Ok(role) => {
@@ -381,6 +463,9 @@ pub async fn update_role(State(state): State<Arc<SandboxState>>, Path(id): Path<
 pub async fn delete_role(State(state): State<Arc<SandboxState>>, Path(id): Path<i64>) -> Response {
     match state.data.lock().unwrap().roles.remove(&id) {
         Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => contabo_error(StatusCode::NOT_FOUND, &format!("Entry Role not found by roleId {id}")),
+        None => contabo_error(
+            StatusCode::NOT_FOUND,
+            &format!("Entry Role not found by roleId {id}"),
+        ),
     }
 }

@@ -152,7 +152,7 @@ impl TokenManager {
     /// Upstream refused `rejected` (401): forget it so the next `bearer()` obtains a new one.
     pub fn reject(&self, rejected: &HeaderValue) {
         let mut state = self.state.write().expect("token state lock");
-        if state.access.as_ref().is_some_and(|a| &a.header == rejected) {
+        if state.access.as_ref().is_some_and(|a| a.header == *rejected) {
             state.access = None;
         }
     }
@@ -285,7 +285,9 @@ impl TokenManager {
                 "the token endpoint's answer to the {kind} grant is not a token response"
             ))
         })?;
-        let header = self.install(token, started).map_err(GrantError::Unavailable)?;
+        let header = self
+            .install(token, started)
+            .map_err(GrantError::Unavailable)?;
         let counter = match grant {
             Grant::Password => &self.stats.password_grants,
             Grant::Refresh(_) => &self.stats.refresh_grants,
@@ -300,7 +302,10 @@ impl TokenManager {
         let life = Duration::from_secs_f64(token.expires_in.max(0.0));
         let mut header =
             HeaderValue::from_str(&format!("Bearer {}", token.access_token.expose_secret()))
-                .map_err(|_| "the token endpoint returned an access token that is not a valid header value".to_string())?;
+                .map_err(|_| {
+                    "the token endpoint returned an access token that is not a valid header value"
+                        .to_string()
+                })?;
         header.set_sensitive(true);
         let access = Access {
             header: header.clone(),
@@ -339,7 +344,9 @@ impl TokenManager {
 }
 
 fn secs_until(t: Instant) -> u64 {
-    t.saturating_duration_since(Instant::now()).as_secs_f64().ceil() as u64
+    t.saturating_duration_since(Instant::now())
+        .as_secs_f64()
+        .ceil() as u64
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -1,0 +1,221 @@
+//! Bad input and bad upstreams: each gets a clear JSON error and nothing reaches upstream that
+//! should not; a caller that disconnects leaves nothing behind; shutdown drains calls in flight.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{json, raw_request, start, start_with};
+use contabo_gateway::sandbox::SandboxOptions;
+use reqwest::Method;
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413_before_anything_reaches_upstream() {
+    let gw = start_with(SandboxOptions::default(), |c| {
+        c.server.max_body_bytes = 1024
+    })
+    .await;
+    // Declared length over the limit.
+    let response = gw
+        .request(Method::POST, "/v1/compute/instances", &gw.keys.operator)
+        .body(vec![b'x'; 1025])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body = json(response).await;
+    assert_eq!(body["error"], "payload_too_large");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_body_bytes (1024 bytes)")
+    );
+    // Chunked, no declared length: refused once the limit is crossed.
+    let chunks =
+        futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b'y'; 512])));
+    let response = gw
+        .request(Method::POST, "/v1/compute/instances", &gw.keys.operator)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    // At the limit exactly: forwarded.
+    let fits = format!(
+        "{{\"period\":1,\"displayName\":\"{}\"}}",
+        "z".repeat(1024 - 29)
+    );
+    assert_eq!(fits.len(), 1024);
+    let response = gw
+        .request(Method::POST, "/v1/compute/instances", &gw.keys.operator)
+        .body(fits)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(
+        gw.sandbox().recorded().len(),
+        1,
+        "only the call within the limit went upstream"
+    );
+}
+
+#[tokio::test]
+async fn dot_segments_encoded_slashes_and_foreign_paths_are_refused() {
+    let gw = start().await;
+    let key = &gw.keys.admin;
+    let cases = [
+        ("/v1/users/../roles", "400", "dot segment"),
+        ("/v1/users/%2e%2e/roles", "400", "dot segment"),
+        ("/v1/./users", "400", "dot segment"),
+        ("/v1/users%2Fclient", "400", "encoded slash"),
+        ("/v1/users/%5c..", "400", "backslash"),
+        ("/v1//users", "400", "empty segment"),
+        ("/v2/users", "404", "not served here"),
+        ("/admin", "404", "not served here"),
+        ("/_gateway/../v1/users", "400", "dot segment"),
+    ];
+    for (path, status, needle) in cases {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+        );
+        let response = raw_request(&gw.url, request.as_bytes()).await;
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {response}"
+        );
+        assert!(response.contains(needle), "{path}: {response}");
+        assert!(response.contains("\"request_id\""), "{path}: {response}");
+    }
+    assert!(gw.sandbox().recorded().is_empty());
+}
+
+#[tokio::test]
+async fn invalid_header_values_get_400() {
+    let gw = start().await;
+    let mut request = format!(
+        "GET /v1/users HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\nConnection: close\r\nx-team-note: caf",
+        gw.keys.readonly
+    )
+    .into_bytes();
+    request.extend_from_slice(b"\xff\xfe\r\n\r\n");
+    let response = raw_request(&gw.url, &request).await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(response.contains("x-team-note"), "{response}");
+    assert!(gw.sandbox().recorded().is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_gets_502() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let gw = start_with(SandboxOptions::default(), |c| {
+        c.upstream.api_url = closed_url
+    })
+    .await;
+    let response = gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    let body = json(response).await;
+    assert_eq!(body["error"], "upstream_unreachable");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection failed"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_upstream_gets_504_within_the_timeout() {
+    let gw = start_with(SandboxOptions::default(), |c| c.upstream.timeout_secs = 1).await;
+    // Warm the token first so only the API call is slow.
+    assert_eq!(
+        gw.get("/v1/users", &gw.keys.readonly)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    gw.sandbox().faults.delay_ms.store(5000, Ordering::SeqCst);
+    let started = Instant::now();
+    let response = gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 504);
+    assert!(elapsed < Duration::from_millis(2500), "took {elapsed:?}");
+    let body = json(response).await;
+    assert_eq!(body["error"], "upstream_timeout");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("timeout_secs (1 s)")
+    );
+}
+
+#[tokio::test]
+async fn a_caller_that_disconnects_leaves_no_call_in_flight() {
+    let gw = start().await;
+    assert_eq!(
+        gw.get("/v1/users", &gw.keys.readonly)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    gw.sandbox().faults.delay_ms.store(3000, Ordering::SeqCst);
+    let impatient = common::http()
+        .get(format!("{}/v1/users", gw.url))
+        .bearer_auth(&gw.keys.readonly)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(impatient.unwrap_err().is_timeout());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while gw.gateway.in_flight.load(Ordering::SeqCst) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned call is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_calls_in_flight_finish_and_stops_accepting() {
+    let mut gw = start().await;
+    assert_eq!(
+        gw.get("/v1/users", &gw.keys.readonly)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    gw.sandbox().faults.delay_ms.store(800, Ordering::SeqCst);
+    let in_flight = tokio::spawn(gw.get("/v1/users", &gw.keys.readonly).send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let server = gw.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late = common::http()
+        .get(format!("{}/_gateway/health", gw.url))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(
+        late.is_err(),
+        "a new connection was accepted during shutdown"
+    );
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200, "the call in flight was cut");
+    tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .expect("the server stopped")
+        .unwrap()
+        .unwrap();
+}
