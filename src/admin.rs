@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::json;
 
 use crate::app::Gateway;
@@ -34,21 +34,36 @@ pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
     }
 }
 
-/// Admin status: calls in flight, token life and grant counts, number of teams.
-pub async fn status(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let (request_id, _) = RequestId::from_headers(&headers);
-    let client = match identify(&gw, &headers) {
-        Ok(c) => c,
-        Err(e) => return e.into_response_with(&request_id),
-    };
-    if client.role != Role::Admin {
-        return GatewayError::Forbidden {
+/// The refusal for a caller who is not an admin; `None` lets an admin through.
+fn refuse_unless_admin(
+    gw: &Gateway,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let (request_id, _) = RequestId::from_headers(headers);
+    let error = match identify(gw, headers) {
+        Ok(client) if client.role == Role::Admin => return None,
+        Ok(client) => GatewayError::Forbidden {
             role: client.role.as_str(),
-            method: "GET".into(),
-            path: "/_gateway/status".into(),
+            method: method.to_string(),
+            path: uri.path().to_string(),
             allowance: client.role.allowance(),
-        }
-        .into_response_with(&request_id);
+        },
+        Err(error) => error,
+    };
+    Some(error.into_response_with(&request_id))
+}
+
+/// Admin status: calls in flight, token life and grant counts, number of teams.
+pub async fn status(
+    State(gw): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refuse_unless_admin(&gw, &method, &uri, &headers) {
+        return refused;
     }
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -57,6 +72,33 @@ pub async fn status(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respo
         "token": gw.upstream.tokens.status(),
     }))
     .into_response()
+}
+
+/// Admin: entries, bytes, hits, misses and evictions of the response cache.
+pub async fn cache_stats(
+    State(gw): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refuse_unless_admin(&gw, &method, &uri, &headers) {
+        return refused;
+    }
+    Json(gw.cache.stats().await).into_response()
+}
+
+/// Admin: drops every cached entry (on every replica when Redis is configured).
+pub async fn cache_purge(
+    State(gw): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refuse_unless_admin(&gw, &method, &uri, &headers) {
+        return refused;
+    }
+    gw.cache.purge().await;
+    Json(json!({"purged": true})).into_response()
 }
 
 /// A panic in a handler becomes a JSON 500 instead of a dropped connection.

@@ -8,6 +8,7 @@ use axum::Router;
 use axum::routing::{any, get};
 use tokio::net::TcpListener;
 
+use crate::cache::ResponseCache;
 use crate::clients::ClientRegistry;
 use crate::config::{Config, Credentials};
 use crate::routes::RouteTable;
@@ -20,13 +21,16 @@ pub struct Gateway {
     clients: RwLock<Arc<ClientRegistry>>,
     pub routes: RouteTable,
     pub upstream: Upstream,
+    pub cache: Arc<ResponseCache>,
     pub in_flight: AtomicUsize,
 }
 
 impl Gateway {
     pub fn new(config: Config, credentials: Credentials) -> Result<Self, String> {
         let upstream = Upstream::new(&config.upstream, credentials)?;
+        let cache = Arc::new(ResponseCache::new(&config.cache)?);
         Ok(Self {
+            cache,
             clients: RwLock::new(Arc::new(ClientRegistry::from_config(&config.clients))),
             routes: RouteTable::default(),
             upstream,
@@ -53,6 +57,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/_gateway/health", get(admin::health))
         .route("/_gateway/ready", get(admin::ready))
         .route("/_gateway/status", get(admin::status))
+        .route(
+            "/_gateway/cache",
+            get(admin::cache_stats).delete(admin::cache_purge),
+        )
         .fallback(pipeline::not_found)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             admin::panic_response,
@@ -68,6 +76,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let drain_timeout = Duration::from_secs(gateway.config.server.shutdown_timeout_secs);
+    let background = start_background_tasks(&gateway);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router(gateway))
         .with_graceful_shutdown(async move {
@@ -80,7 +89,9 @@ pub async fn serve(
         result = &mut server => return result,
         _ = stopping_rx => {}
     }
-    match tokio::time::timeout(drain_timeout, server).await {
+    let drained = tokio::time::timeout(drain_timeout, server).await;
+    background.into_iter().for_each(|task| task.abort());
+    match drained {
         Ok(result) => result,
         Err(_) => {
             tracing::warn!(
@@ -90,4 +101,13 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// Tasks that live as long as the server: the cache invalidation listener (with Redis).
+fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some(bus) = gateway.cache.bus() {
+        tasks.push(bus.spawn_listener(Arc::downgrade(&gateway.cache)));
+    }
+    tasks
 }

@@ -62,7 +62,7 @@ impl Role {
 }
 
 /// /v1/users/** and /v1/roles/** manage the company's identities; only admins change them.
-fn touches_identity(path: &str) -> bool {
+pub fn touches_identity(path: &str) -> bool {
     ["/v1/users", "/v1/roles"].iter().any(|prefix| {
         path.strip_prefix(prefix)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))

@@ -21,6 +21,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub log: LogConfig,
+    pub cache: CacheConfig,
     pub clients: Vec<ClientConfig>,
 }
 
@@ -86,6 +87,37 @@ impl Default for LogConfig {
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+/// The response cache for user and client reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub ttl_secs: u64,
+    pub max_bytes: u64,
+    /// Serve an entry expired for less than this when upstream fails (0 = never).
+    pub stale_if_error_secs: u64,
+    /// Redis for invalidations across replicas ("" = this replica only). Env: GATEWAY_REDIS_URL.
+    pub redis_url: String,
+    /// While Redis is unreachable, entries live at most this long (invalidations may be missed).
+    pub redis_fallback_ttl_secs: u64,
+    /// The Redis channel invalidations are published on.
+    pub redis_channel: String,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl_secs: 30,
+            max_bytes: 64 * 1024 * 1024,
+            stale_if_error_secs: 0,
+            redis_url: String::new(),
+            redis_fallback_ttl_secs: 2,
+            redis_channel: "contabo-gateway:cache-invalidation".into(),
+        }
+    }
 }
 
 /// One team: its key (as a SHA-256 digest), its role and its rate limits.
@@ -220,6 +252,7 @@ impl Config {
         set("GATEWAY_LISTEN", &mut self.server.listen);
         set("CONTABO_API_URL", &mut self.upstream.api_url);
         set("CONTABO_AUTH_URL", &mut self.upstream.auth_url);
+        set("GATEWAY_REDIS_URL", &mut self.cache.redis_url);
     }
 
     /// Every problem found, each a sentence that says what to change. Empty means valid.
@@ -257,7 +290,35 @@ impl Config {
                 self.log.level
             ));
         }
+        problems.extend(self.cache_problems());
         problems.extend(self.client_problems());
+        problems
+    }
+
+    fn cache_problems(&self) -> Vec<String> {
+        let c = &self.cache;
+        let mut problems = Vec::new();
+        if c.ttl_secs == 0 {
+            problems.push("cache.ttl_secs must be at least 1 (set cache.enabled = false to turn the cache off)".into());
+        }
+        if c.max_bytes < 1024 {
+            problems.push(format!(
+                "cache.max_bytes = {} is too small; give it at least 1024",
+                c.max_bytes
+            ));
+        }
+        if !c.redis_url.is_empty() && redis::Client::open(c.redis_url.as_str()).is_err() {
+            problems.push(format!(
+                "cache.redis_url = {:?} is not a Redis URL, e.g. \"redis://127.0.0.1:6379\"",
+                c.redis_url
+            ));
+        }
+        if c.redis_fallback_ttl_secs == 0 {
+            problems.push("cache.redis_fallback_ttl_secs must be at least 1".into());
+        }
+        if c.redis_channel.is_empty() {
+            problems.push("cache.redis_channel must not be empty".into());
+        }
         problems
     }
 

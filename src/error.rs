@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::request_id::RequestId;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     #[error("{0}")]
     Unauthenticated(&'static str),
@@ -60,6 +60,16 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// Whether upstream failed (unreachable, too slow, unreadable), as opposed to the call itself.
+    pub fn is_upstream_failure(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::UpstreamUnreachable(_)
+                | GatewayError::UpstreamTimeout(_)
+                | GatewayError::BadUpstreamResponse(_)
+        )
     }
 
     /// A stable machine-readable code.

@@ -116,7 +116,7 @@ async fn an_unreachable_upstream_gets_502() {
         c.upstream.api_url = closed_url
     })
     .await;
-    let response = gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap();
+    let response = gw.get("/v1/compute/instances", &gw.keys.readonly).send().await.unwrap();
     assert_eq!(response.status(), 502);
     let body = json(response).await;
     assert_eq!(body["error"], "upstream_unreachable");
@@ -134,7 +134,7 @@ async fn a_slow_upstream_gets_504_within_the_timeout() {
     let gw = start_with(SandboxOptions::default(), |c| c.upstream.timeout_secs = 1).await;
     // Warm the token first so only the API call is slow.
     assert_eq!(
-        gw.get("/v1/users", &gw.keys.readonly)
+        gw.get("/v1/compute/instances", &gw.keys.readonly)
             .send()
             .await
             .unwrap()
@@ -143,7 +143,7 @@ async fn a_slow_upstream_gets_504_within_the_timeout() {
     );
     gw.sandbox().faults.delay_ms.store(5000, Ordering::SeqCst);
     let started = Instant::now();
-    let response = gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap();
+    let response = gw.get("/v1/compute/instances", &gw.keys.readonly).send().await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(response.status(), 504);
     assert!(elapsed < Duration::from_millis(2500), "took {elapsed:?}");
@@ -161,7 +161,7 @@ async fn a_slow_upstream_gets_504_within_the_timeout() {
 async fn a_caller_that_disconnects_leaves_no_call_in_flight() {
     let gw = start().await;
     assert_eq!(
-        gw.get("/v1/users", &gw.keys.readonly)
+        gw.get("/v1/compute/instances", &gw.keys.readonly)
             .send()
             .await
             .unwrap()
@@ -170,7 +170,7 @@ async fn a_caller_that_disconnects_leaves_no_call_in_flight() {
     );
     gw.sandbox().faults.delay_ms.store(3000, Ordering::SeqCst);
     let impatient = common::http()
-        .get(format!("{}/v1/users", gw.url))
+        .get(format!("{}/v1/compute/instances", gw.url))
         .bearer_auth(&gw.keys.readonly)
         .timeout(Duration::from_millis(300))
         .send()
@@ -190,7 +190,7 @@ async fn a_caller_that_disconnects_leaves_no_call_in_flight() {
 async fn shutdown_lets_calls_in_flight_finish_and_stops_accepting() {
     let mut gw = start().await;
     assert_eq!(
-        gw.get("/v1/users", &gw.keys.readonly)
+        gw.get("/v1/compute/instances", &gw.keys.readonly)
             .send()
             .await
             .unwrap()
@@ -198,7 +198,7 @@ async fn shutdown_lets_calls_in_flight_finish_and_stops_accepting() {
         200
     );
     gw.sandbox().faults.delay_ms.store(800, Ordering::SeqCst);
-    let in_flight = tokio::spawn(gw.get("/v1/users", &gw.keys.readonly).send());
+    let in_flight = tokio::spawn(gw.get("/v1/compute/instances", &gw.keys.readonly).send());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let server = gw.stop();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -60,7 +60,7 @@ async fn the_role_matrix_holds_and_refused_calls_never_reach_upstream() {
         data.users.keys().next().unwrap().clone()
     };
     let calls: Vec<(Method, String)> = vec![
-        (Method::GET, "/v1/users".into()),
+        (Method::GET, "/v1/users/is-password-set".into()),
         (Method::GET, "/v1/compute/instances".into()),
         (Method::HEAD, "/v1/compute/instances".into()),
         (Method::POST, "/v1/compute/instances".into()),

@@ -8,7 +8,7 @@ use contabo_gateway::request_id::matches_contabo_pattern;
 
 async fn call(gw: &common::TestGateway, request_id: Option<&str>) -> (String, String) {
     let mut request = gw
-        .get("/v1/users", &gw.keys.readonly)
+        .get("/v1/compute/instances", &gw.keys.readonly)
         .header("x-trace-id", "trace-1");
     if let Some(id) = request_id {
         request = request.header("x-request-id", id);
@@ -69,7 +69,7 @@ async fn a_malformed_id_is_replaced() {
 async fn gateway_errors_carry_the_request_id() {
     let gw = start().await;
     let response = common::http()
-        .get(format!("{}/v1/users", gw.url))
+        .get(format!("{}/v1/compute/instances", gw.url))
         .header("x-request-id", VALID_REQUEST_ID)
         .send()
         .await

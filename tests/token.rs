@@ -19,7 +19,7 @@ fn count(c: &std::sync::atomic::AtomicU64) -> u64 {
 #[tokio::test]
 async fn hundred_concurrent_calls_on_a_cold_gateway_cause_one_password_grant() {
     let gw = start().await;
-    let calls = (0..100).map(|_| gw.get("/v1/users", &gw.keys.readonly).send());
+    let calls = (0..100).map(|_| gw.get("/v1/compute/instances", &gw.keys.readonly).send());
     let responses = futures_util::future::join_all(calls).await;
     assert!(
         responses
@@ -42,7 +42,7 @@ async fn short_lived_tokens_are_refreshed_without_a_failed_call() {
     let started = Instant::now();
     let mut calls = 0;
     while started.elapsed() < Duration::from_secs(6) {
-        let burst = (0..5).map(|_| gw.get("/v1/users", &gw.keys.readonly).send());
+        let burst = (0..5).map(|_| gw.get("/v1/compute/instances", &gw.keys.readonly).send());
         for response in futures_util::future::join_all(burst).await {
             assert_eq!(
                 response.unwrap().status(),
@@ -77,7 +77,7 @@ async fn a_dead_refresh_token_falls_back_to_the_password_grant_in_the_same_call(
     };
     let gw = start_with(options, |_| {}).await;
     assert_eq!(
-        gw.get("/v1/users", &gw.keys.readonly)
+        gw.get("/v1/compute/instances", &gw.keys.readonly)
             .send()
             .await
             .unwrap()
@@ -86,7 +86,7 @@ async fn a_dead_refresh_token_falls_back_to_the_password_grant_in_the_same_call(
     );
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(
-        gw.get("/v1/users", &gw.keys.readonly)
+        gw.get("/v1/compute/instances", &gw.keys.readonly)
             .send()
             .await
             .unwrap()
@@ -100,7 +100,7 @@ async fn a_dead_refresh_token_falls_back_to_the_password_grant_in_the_same_call(
 async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
     let gw = start().await;
     assert_eq!(
-        gw.get("/v1/users", &gw.keys.readonly)
+        gw.get("/v1/compute/instances", &gw.keys.readonly)
             .send()
             .await
             .unwrap()
@@ -115,7 +115,7 @@ async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
         .reject_next_calls
         .store(1, Ordering::SeqCst);
     assert_eq!(
-        gw.get("/v1/users", &gw.keys.readonly)
+        gw.get("/v1/compute/instances", &gw.keys.readonly)
             .send()
             .await
             .unwrap()
@@ -131,7 +131,7 @@ async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
 async fn an_upstream_401_renews_the_token_and_retries_once_with_the_same_request_id() {
     let gw = start().await;
     assert_eq!(
-        gw.get("/v1/users", &gw.keys.readonly)
+        gw.get("/v1/compute/instances", &gw.keys.readonly)
             .send()
             .await
             .unwrap()
@@ -171,7 +171,7 @@ async fn an_upstream_401_renews_the_token_and_retries_once_with_the_same_request
         .faults
         .reject_next_calls
         .store(2, Ordering::SeqCst);
-    let response = gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap();
+    let response = gw.get("/v1/compute/instances", &gw.keys.readonly).send().await.unwrap();
     assert_eq!(response.status(), 401);
     assert_eq!(gw.sandbox().recorded().len() - before, 2);
 }
@@ -198,7 +198,7 @@ async fn secret_rotation_through_the_gateway_keeps_later_grants_working() {
     assert_eq!(gw.sandbox().credential().client_secret, new_secret);
     // Both tokens die; the next call needs a password grant, which only the new secret passes.
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let response = gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap();
+    let response = gw.get("/v1/compute/instances", &gw.keys.readonly).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let counters = &gw.sandbox().counters;
     assert_eq!(count(&counters.refused_grants), 0);
@@ -215,7 +215,7 @@ async fn a_refused_credential_answers_502_without_the_secret_and_backs_off() {
     };
     let gw = start_gateway(sandbox, wrong, |_| {}).await;
     for _ in 0..5 {
-        let response = gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap();
+        let response = gw.get("/v1/compute/instances", &gw.keys.readonly).send().await.unwrap();
         assert_eq!(response.status(), 502);
         assert!(response.headers().contains_key("retry-after"));
         let request_id = response.headers()["x-request-id"]
@@ -245,7 +245,7 @@ async fn a_refused_credential_answers_502_without_the_secret_and_backs_off() {
 async fn an_unavailable_auth_server_answers_502() {
     let gw = start().await;
     gw.sandbox().faults.auth_down.store(true, Ordering::SeqCst);
-    let response = gw.get("/v1/users", &gw.keys.readonly).send().await.unwrap();
+    let response = gw.get("/v1/compute/instances", &gw.keys.readonly).send().await.unwrap();
     assert_eq!(response.status(), 502);
     assert_eq!(
         json(response).await["error"],
@@ -266,7 +266,7 @@ async fn an_unavailable_auth_server_answers_502() {
     gw.sandbox().faults.auth_down.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        gw.get("/v1/users", &gw.keys.readonly)
+        gw.get("/v1/compute/instances", &gw.keys.readonly)
             .send()
             .await
             .unwrap()

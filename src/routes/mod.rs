@@ -38,6 +38,12 @@ impl Operation {
     pub fn carries_secrets(&self) -> bool {
         !self.secret_fields.is_empty()
     }
+
+    /// Whether the gateway reads the answer's body (to redact or cache it), so it must be
+    /// uncompressed JSON.
+    pub fn needs_readable_body(&self) -> bool {
+        self.carries_secrets() || self.cached_as.is_some()
+    }
 }
 
 #[derive(Debug)]

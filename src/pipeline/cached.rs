@@ -1,0 +1,123 @@
+//! The cache stage for cacheable reads: answer from the cache when fresh, otherwise one coalesced
+//! upstream fetch for every concurrent caller, stored when it is a 200; an entry within
+//! `stale_if_error_secs` answers when upstream fails. Hits need no token and no upstream budget.
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, header};
+
+use super::CallContext;
+use super::forward::{forward, redacted};
+use crate::app::Gateway;
+use crate::cache::{CachedResponse, Lookup, NonAdminBody, cache_key, wants_fresh};
+use crate::error::GatewayError;
+use crate::request_id;
+use crate::routes::CacheGroup;
+use crate::upstream::headers;
+
+const CACHE_STATUS: &str = "cache-status";
+
+pub async fn read(
+    gw: &Gateway,
+    call: &CallContext,
+    parts: &Parts,
+    group: CacheGroup,
+) -> Result<Response, GatewayError> {
+    let cache = &gw.cache;
+    let key = cache_key(parts.uri.path(), parts.uri.query());
+    let refetch = wants_fresh(&parts.headers);
+    let stale = if refetch {
+        None
+    } else {
+        match cache.lookup(&key).await {
+            Lookup::Fresh(entry) => {
+                cache.count_hit(false);
+                return serve(call, &entry, "contabo-gateway; hit", true);
+            }
+            Lookup::Miss { stale } => stale,
+        }
+    };
+    let fetched = cache
+        .fetch_coalesced(&key, group, fetch(gw, call, parts))
+        .await;
+    let upstream_failed = match &fetched.result {
+        Ok(response) => response.status.is_server_error(),
+        Err(error) => error.is_upstream_failure(),
+    };
+    if let (true, Some(stale)) = (upstream_failed, &stale) {
+        cache.count_hit(true);
+        return serve(call, stale, "contabo-gateway; hit; stale", true);
+    }
+    let response = fetched.result?;
+    let reason = if refetch { "request" } else { "miss" };
+    let status = match fetched.stored {
+        true => format!("contabo-gateway; fwd={reason}; stored"),
+        false => format!("contabo-gateway; fwd={reason}"),
+    };
+    serve(call, &response, &status, false)
+}
+
+/// One upstream fetch, read whole so its answer can be shared and stored.
+async fn fetch(
+    gw: &Gateway,
+    call: &CallContext,
+    parts: &Parts,
+) -> Result<CachedResponse, GatewayError> {
+    let upstream = forward(gw, call, parts, Bytes::new()).await?;
+    let status = upstream.status();
+    let mut headers = headers::for_caller(upstream.headers());
+    headers.remove(header::CONTENT_LENGTH);
+    let body = upstream
+        .bytes()
+        .await
+        .map_err(|e| gw.upstream.transport_error(&e))?;
+    let non_admin_body = match call.route.filter(|r| r.carries_secrets()) {
+        None => NonAdminBody::Same,
+        Some(route) => match redacted(&headers, &body, route) {
+            Ok(redacted) => NonAdminBody::Redacted(redacted),
+            Err(error) => NonAdminBody::Unreadable(error),
+        },
+    };
+    Ok(CachedResponse::new(status, headers, body, non_admin_body))
+}
+
+/// Serves a cached or fetched answer to this caller: its own request id, its role's view.
+fn serve(
+    call: &CallContext,
+    entry: &CachedResponse,
+    cache_status: &str,
+    with_age: bool,
+) -> Result<Response, GatewayError> {
+    let body = if call.client.role.sees_secrets() {
+        entry.body.clone()
+    } else {
+        match &entry.non_admin_body {
+            NonAdminBody::Same => entry.body.clone(),
+            NonAdminBody::Redacted(body) => body.clone(),
+            NonAdminBody::Unreadable(error) => return Err(error.clone()),
+        }
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = entry.status;
+    let headers = response.headers_mut();
+    *headers = entry.headers.clone();
+    headers.insert(request_id::HEADER, call.request_id.header_value());
+    if let Ok(value) = HeaderValue::from_str(cache_status) {
+        headers.insert(CACHE_STATUS, value);
+    }
+    if with_age {
+        headers.insert(header::AGE, HeaderValue::from(entry.age().as_secs()));
+    }
+    Ok(response)
+}
+
+/// The header a cacheable read gets when the cache is turned off.
+pub fn bypassed(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        CACHE_STATUS,
+        HeaderValue::from_static("contabo-gateway; fwd=bypass"),
+    );
+    response
+}

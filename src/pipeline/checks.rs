@@ -1,0 +1,122 @@
+//! The admission stages of a call: path and header hygiene, team identity, permission by role, and
+//! the bounded request body. Whatever fails here never reaches upstream.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::CallContext;
+use crate::app::Gateway;
+use crate::clients::{Client, KeyProblem, presented_key};
+use crate::error::GatewayError;
+
+/// Refuses paths that could mean something else after normalisation: dot segments, encoded
+/// slashes and backslashes, empty segments.
+pub fn check_path(path: &str) -> Result<(), GatewayError> {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+        return Err(GatewayError::BadRequest(
+            "the path contains an encoded slash or a backslash; send plain path segments".into(),
+        ));
+    }
+    let dot_segment = lower
+        .split('/')
+        .any(|s| matches!(s.replace("%2e", ".").as_str(), "." | ".."));
+    if dot_segment {
+        return Err(GatewayError::BadRequest(
+            "the path contains a dot segment (. or ..); send the resolved path".into(),
+        ));
+    }
+    if path.len() > 1 && path[1..].split('/').any(str::is_empty) && !path.ends_with('/') {
+        return Err(GatewayError::BadRequest(
+            "the path contains an empty segment (//); send the path without it".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Header values must be visible ASCII: anything else cannot be forwarded faithfully.
+pub fn check_header_values(headers: &HeaderMap) -> Result<(), GatewayError> {
+    match headers.iter().find(|(_, v)| v.to_str().is_err()) {
+        Some((name, _)) => Err(GatewayError::BadRequest(format!(
+            "header {name} has a value with characters outside visible ASCII; send it ASCII-only"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The calling team, from its key.
+pub fn identify(gw: &Gateway, headers: &HeaderMap) -> Result<Arc<Client>, GatewayError> {
+    let key = presented_key(headers).map_err(|p| GatewayError::Unauthenticated(p.message()))?;
+    gw.clients()
+        .identify(key)
+        .ok_or(GatewayError::Unauthenticated(KeyProblem::Unknown.message()))
+}
+
+pub fn authorize(call: &CallContext, parts: &Parts) -> Result<(), GatewayError> {
+    let role = call.client.role;
+    if role.may_call_v1(&parts.method, parts.uri.path()) {
+        return Ok(());
+    }
+    Err(GatewayError::Forbidden {
+        role: role.as_str(),
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        allowance: role.allowance(),
+    })
+}
+
+/// Reads the whole body, refusing more than `limit` bytes: up front when Content-Length says so,
+/// otherwise as soon as the limit is crossed. Buffering makes the retry after a 401 possible.
+pub async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(GatewayError::PayloadTooLarge { limit }),
+        Err(_) => Err(GatewayError::BadRequest(
+            "the request body could not be read completely; send it again".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_checks() {
+        for bad in [
+            "/v1/users/..",
+            "/v1/./users",
+            "/v1/users/%2e%2E/roles",
+            "/v1/users/.%2e",
+            "/v1/users%2Fclient",
+            "/v1/users%5cclient",
+            "/v1//users",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+        for ok in [
+            "/v1/users",
+            "/v1/users/abc",
+            "/v1/users/a.b",
+            "/v1/users/..x",
+        ] {
+            assert!(check_path(ok).is_ok(), "{ok}");
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Forwarding a call to Contabo and turning the answer into the caller's response: streamed
+//! unchanged, or read whole when it carries secrets (to adopt a rotated client secret and to redact
+//! for non-admins). A successful write drops the cached reads it changes before the answer goes back.
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, Method, header};
+use secrecy::SecretString;
+
+use super::CallContext;
+use crate::app::Gateway;
+use crate::clients::Client;
+use crate::error::GatewayError;
+use crate::redact;
+use crate::request_id;
+use crate::routes::{CacheGroup, Operation};
+use crate::upstream::{OutgoingCall, headers};
+
+/// Sends the call upstream with the gateway's token and the call's request id.
+pub async fn forward(
+    gw: &Gateway,
+    call: &CallContext,
+    parts: &Parts,
+    body: Bytes,
+) -> Result<reqwest::Response, GatewayError> {
+    let mut headers = headers::for_upstream(&parts.headers);
+    headers.insert(request_id::HEADER, call.request_id.header_value());
+    if call.route.is_some_and(Operation::needs_readable_body) {
+        // The gateway reads this answer (to redact or to cache it): ask for it uncompressed.
+        headers.remove(header::ACCEPT_ENCODING);
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |pq| pq.as_str());
+    gw.upstream
+        .send(&OutgoingCall {
+            method: &parts.method,
+            path_and_query,
+            headers,
+            body,
+        })
+        .await
+}
+
+/// The caller's response to a forwarded (not cached) call.
+pub async fn respond(
+    gw: &Gateway,
+    call: &CallContext,
+    parts: &Parts,
+    upstream: reqwest::Response,
+) -> Result<Response, GatewayError> {
+    let status = upstream.status();
+    if status.is_success() {
+        let groups = invalidated_groups(call.route, &parts.method, parts.uri.path());
+        if !groups.is_empty() {
+            gw.cache.invalidate(groups).await;
+        }
+    }
+    let mut headers = headers::for_caller(upstream.headers());
+    headers.insert(request_id::HEADER, call.request_id.header_value());
+    let body = match call.route.filter(|r| r.carries_secrets()) {
+        None => Body::from_stream(upstream.bytes_stream()),
+        Some(route) => {
+            let bytes = upstream
+                .bytes()
+                .await
+                .map_err(|e| gw.upstream.transport_error(&e))?;
+            if route.operation_id == "generateClientSecret" && status.is_success() {
+                adopt_rotated_secret(gw, &call.client, &bytes);
+            }
+            if call.client.role.sees_secrets() {
+                Body::from(bytes)
+            } else {
+                headers.remove(header::CONTENT_LENGTH);
+                Body::from(redacted(&headers, &bytes, route)?)
+            }
+        }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+/// The cached reads a successful write changes: from the spec's route class, or for a route the
+/// spec does not know, every users entry when it writes under /v1/users or /v1/roles.
+fn invalidated_groups(
+    route: Option<&'static Operation>,
+    method: &Method,
+    path: &str,
+) -> &'static [CacheGroup] {
+    match route {
+        Some(route) => route.invalidates,
+        None if method != Method::GET
+            && method != Method::HEAD
+            && crate::clients::touches_identity(path) =>
+        {
+            &[CacheGroup::Users]
+        }
+        None => &[],
+    }
+}
+
+/// The body with the route's secret fields redacted, or an error when it cannot be read as JSON
+/// (it is then never passed on).
+pub fn redacted(
+    headers: &HeaderMap,
+    body: &[u8],
+    route: &Operation,
+) -> Result<Bytes, GatewayError> {
+    let refuse = || {
+        GatewayError::BadUpstreamResponse(format!(
+            "upstream's answer to {} may carry secrets and could not be read to redact them; \
+             an admin key can make this call",
+            route.operation_id
+        ))
+    };
+    if headers.contains_key(header::CONTENT_ENCODING) {
+        return Err(refuse());
+    }
+    redact::redact_json_body(body, route.secret_fields)
+        .map(Bytes::from)
+        .ok_or_else(refuse)
+}
+
+/// After a successful PUT /v1/users/client/secret the old secret no longer works for grants: adopt
+/// the new one so the gateway keeps working, and tell the operator to store it.
+fn adopt_rotated_secret(gw: &Gateway, client: &Client, body: &[u8]) {
+    let secret = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["data"][0]["secret"].as_str().map(str::to_owned));
+    match secret {
+        Some(secret) => {
+            gw.upstream
+                .tokens
+                .adopt_client_secret(SecretString::from(secret));
+            tracing::warn!(
+                rotated_by = %client.name,
+                "the Contabo client secret was rotated through the gateway; the gateway now uses \
+                 the new secret, update CONTABO_CLIENT_SECRET in the stored configuration before \
+                 the next restart"
+            );
+        }
+        None => tracing::error!(
+            "the client secret was rotated but the answer holds no data[0].secret; later token \
+             grants will fail until CONTABO_CLIENT_SECRET is updated"
+        ),
+    }
+}

@@ -1,0 +1,138 @@
+//! The request pipeline for Contabo calls (everything under /v1), stage by stage in one place
+//! ([`run`]):
+//!
+//! request id -> path and header hygiene -> team identity -> route class -> permission by role ->
+//! body (bounded) -> [cacheable read: cache lookup, coalesced miss] -> token + forward (one retry
+//! on 401) -> [write: cache invalidation] -> secret adoption -> redaction for the caller's role ->
+//! response with x-request-id (and cache-status).
+//!
+//! The facts every stage needs (request id, client, route class) are gathered once in a
+//! [`CallContext`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+mod cached;
+mod checks;
+mod forward;
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::Method;
+use tracing::Instrument;
+
+pub use checks::{check_path, identify};
+
+use crate::app::Gateway;
+use crate::clients::Client;
+use crate::error::GatewayError;
+use crate::request_id::{Origin, RequestId};
+use crate::routes::Operation;
+use checks::{authorize, check_header_values, read_body};
+use forward::{forward, respond};
+
+/// What the gateway knows about one call once the caller is identified.
+pub struct CallContext {
+    pub request_id: RequestId,
+    pub client: Arc<Client>,
+    pub route: Option<&'static Operation>,
+}
+
+/// Entry point for /v1/**: runs the pipeline inside a span carrying the request id.
+pub async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+    let (request_id, origin) = RequestId::from_headers(request.headers());
+    let span = tracing::info_span!(
+        "call",
+        request_id = %request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        client = tracing::field::Empty,
+        route = tracing::field::Empty,
+    );
+    async move {
+        if origin == Origin::ReplacedMalformed {
+            tracing::debug!("the caller's x-request-id does not match Contabo's pattern; replaced");
+        }
+        let _in_flight = InFlight::enter(&gw);
+        let started = Instant::now();
+        let response = match run(&gw, request, request_id.clone()).await {
+            Ok(response) => response,
+            Err(error) => error.into_response_with(&request_id),
+        };
+        tracing::info!(
+            status = response.status().as_u16(),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "call finished"
+        );
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(
+    gw: &Gateway,
+    request: Request,
+    request_id: RequestId,
+) -> Result<Response, GatewayError> {
+    let (parts, body) = request.into_parts();
+    check_path(parts.uri.path())?;
+    check_header_values(&parts.headers)?;
+    let client = identify(gw, &parts.headers)?;
+    let route = gw.routes.find(&parts.method, parts.uri.path());
+    let span = tracing::Span::current();
+    span.record("client", client.name.as_str());
+    span.record("route", route.map_or("unknown", |r| r.operation_id));
+    let call = CallContext {
+        request_id,
+        client,
+        route,
+    };
+    authorize(&call, &parts)?;
+    let body = read_body(body, &parts.headers, gw.config.server.max_body_bytes).await?;
+    let cacheable = call
+        .route
+        .and_then(|r| r.cached_as)
+        .filter(|_| parts.method == Method::GET);
+    match cacheable {
+        Some(group) if gw.cache.enabled() => cached::read(gw, &call, &parts, group).await,
+        _ => {
+            let upstream_response = forward(gw, &call, &parts, body).await?;
+            let response = respond(gw, &call, &parts, upstream_response).await?;
+            Ok(match cacheable {
+                Some(_) => cached::bypassed(response),
+                None => response,
+            })
+        }
+    }
+}
+
+/// Counts calls in flight; the count drops even when a caller disconnects and the call is dropped.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(gw: &'a Gateway) -> Self {
+        gw.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(&gw.in_flight)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// 400 or 404 for paths outside /v1 and /_gateway, never forwarded.
+pub async fn not_found(request: Request) -> Response {
+    let (request_id, _) = RequestId::from_headers(request.headers());
+    let error = match check_path(request.uri().path()) {
+        Err(e) => e,
+        Ok(()) => GatewayError::NotFound(format!(
+            "{} is not served here: Contabo calls go under /v1/, gateway endpoints under /_gateway/",
+            request.uri().path()
+        )),
+    };
+    error.into_response_with(&request_id)
+}
