@@ -116,7 +116,11 @@ async fn an_unreachable_upstream_gets_502() {
         c.upstream.api_url = closed_url
     })
     .await;
-    let response = gw.get("/v1/compute/instances", &gw.keys.readonly).send().await.unwrap();
+    let response = gw
+        .get("/v1/compute/instances", &gw.keys.readonly)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 502);
     let body = json(response).await;
     assert_eq!(body["error"], "upstream_unreachable");
@@ -143,7 +147,11 @@ async fn a_slow_upstream_gets_504_within_the_timeout() {
     );
     gw.sandbox().faults.delay_ms.store(5000, Ordering::SeqCst);
     let started = Instant::now();
-    let response = gw.get("/v1/compute/instances", &gw.keys.readonly).send().await.unwrap();
+    let response = gw
+        .get("/v1/compute/instances", &gw.keys.readonly)
+        .send()
+        .await
+        .unwrap();
     let elapsed = started.elapsed();
     assert_eq!(response.status(), 504);
     assert!(elapsed < Duration::from_millis(2500), "took {elapsed:?}");

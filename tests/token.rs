@@ -171,7 +171,11 @@ async fn an_upstream_401_renews_the_token_and_retries_once_with_the_same_request
         .faults
         .reject_next_calls
         .store(2, Ordering::SeqCst);
-    let response = gw.get("/v1/compute/instances", &gw.keys.readonly).send().await.unwrap();
+    let response = gw
+        .get("/v1/compute/instances", &gw.keys.readonly)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 401);
     assert_eq!(gw.sandbox().recorded().len() - before, 2);
 }
@@ -198,7 +202,11 @@ async fn secret_rotation_through_the_gateway_keeps_later_grants_working() {
     assert_eq!(gw.sandbox().credential().client_secret, new_secret);
     // Both tokens die; the next call needs a password grant, which only the new secret passes.
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let response = gw.get("/v1/compute/instances", &gw.keys.readonly).send().await.unwrap();
+    let response = gw
+        .get("/v1/compute/instances", &gw.keys.readonly)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let counters = &gw.sandbox().counters;
     assert_eq!(count(&counters.refused_grants), 0);
@@ -215,7 +223,11 @@ async fn a_refused_credential_answers_502_without_the_secret_and_backs_off() {
     };
     let gw = start_gateway(sandbox, wrong, |_| {}).await;
     for _ in 0..5 {
-        let response = gw.get("/v1/compute/instances", &gw.keys.readonly).send().await.unwrap();
+        let response = gw
+            .get("/v1/compute/instances", &gw.keys.readonly)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 502);
         assert!(response.headers().contains_key("retry-after"));
         let request_id = response.headers()["x-request-id"]
@@ -245,7 +257,11 @@ async fn a_refused_credential_answers_502_without_the_secret_and_backs_off() {
 async fn an_unavailable_auth_server_answers_502() {
     let gw = start().await;
     gw.sandbox().faults.auth_down.store(true, Ordering::SeqCst);
-    let response = gw.get("/v1/compute/instances", &gw.keys.readonly).send().await.unwrap();
+    let response = gw
+        .get("/v1/compute/instances", &gw.keys.readonly)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 502);
     assert_eq!(
         json(response).await["error"],

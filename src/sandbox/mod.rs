@@ -173,6 +173,14 @@ async fn contabo_checks(
         );
     }
     state.counters.api_calls.fetch_add(1, Ordering::SeqCst);
+    let forced_failure = state
+        .faults
+        .fail_next_calls
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if forced_failure {
+        return contabo_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+    }
     next.run(Request::from_parts(parts, body.into())).await
 }
 

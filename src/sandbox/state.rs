@@ -118,6 +118,8 @@ pub struct Counters {
 pub struct Faults {
     /// Answer this many of the next /v1 calls 401, whatever token they carry.
     pub reject_next_calls: AtomicU32,
+    /// Answer this many of the next /v1 calls 500.
+    pub fail_next_calls: AtomicU32,
     /// Delay every /v1 call by this many milliseconds.
     pub delay_ms: AtomicU64,
     /// Answer the token endpoint 503.
