@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{any, get};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::cache::ResponseCache;
@@ -78,6 +79,10 @@ pub async fn serve(
     let drain_timeout = Duration::from_secs(gateway.config.server.shutdown_timeout_secs);
     let background = start_background_tasks(&gateway);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let listener = listener.tap_io(|tcp| {
+        // Answers are written in pieces (head, body chunks): do not let Nagle hold them back.
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, router(gateway))
         .with_graceful_shutdown(async move {
             shutdown.await;

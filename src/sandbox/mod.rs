@@ -21,6 +21,7 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use axum::serve::ListenerExt;
 use axum::{Json, body::Bytes};
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -43,6 +44,9 @@ impl Sandbox {
         let addr = listener.local_addr()?;
         let state = Arc::new(SandboxState::new(options));
         let app = router(state.clone());
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

@@ -158,3 +158,72 @@ pub fn announce_skip(what: &str, why: &str) {
 }
 
 pub const VALID_REQUEST_ID: &str = "04e0f898-37b4-48bc-a794-1a57abe6aa31";
+
+/// A gateway binary running as its own process (killed on drop).
+pub struct GatewayProcess {
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the `contabo-gateway` binary with `config_toml`, upstream = `sandbox`, on a free port.
+pub fn spawn_gateway_process(
+    sandbox: &Sandbox,
+    config_toml: &str,
+    dir: &std::path::Path,
+) -> GatewayProcess {
+    use std::io::BufRead;
+    let path = dir.join(format!("gateway-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, config_toml).unwrap();
+    let credential = sandbox.state.credential();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_contabo-gateway"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("CONTABO_API_URL", sandbox.api_url())
+        .env("CONTABO_AUTH_URL", sandbox.auth_url())
+        .env("CONTABO_CLIENT_ID", &credential.client_id)
+        .env("CONTABO_CLIENT_SECRET", &credential.client_secret)
+        .env("CONTABO_API_USER", &credential.username)
+        .env("CONTABO_API_PASSWORD", &credential.password)
+        .env_remove("GATEWAY_REDIS_URL")
+        .env_remove("GATEWAY_DATABASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("contabo-gateway listening on ") {
+            let url = rest.split_whitespace().next().unwrap().to_string();
+            return GatewayProcess { url, child };
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the gateway process exited before listening");
+}
+
+/// A `[[clients]]` block for a fresh admin key.
+pub fn admin_client_block(name: &str) -> (String, String) {
+    let key = generate_key();
+    let block = format!(
+        "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nrole = \"admin\"\nper_second = 1000\nburst = 1000\n",
+        hex::encode(sha256(key.as_bytes()))
+    );
+    (key, block)
+}
+
+/// The Redis of the backend tests, from GATEWAY_TEST_REDIS_URL (.ci/run sets it).
+pub fn test_redis_url() -> Option<String> {
+    std::env::var("GATEWAY_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
