@@ -225,6 +225,10 @@ def main():
     binary = os.path.join(ROOT, "target", "release", "contabo-gateway")
 
     work = tempfile.mkdtemp(prefix="gateway-bench-")
+    # nginx workers run as an unprivileged user: they must be able to write their cache here.
+    os.chmod(work, 0o755)
+    os.makedirs(os.path.join(work, "nginx-cache"), mode=0o777)
+    os.chmod(os.path.join(work, "nginx-cache"), 0o777)
     up_port, nginx_port, gw_port = free_port(), free_port(), free_port()
     key = secrets.token_urlsafe(32)
     digest = hashlib.sha256(key.encode()).hexdigest()

@@ -1,5 +1,6 @@
 //! The gateway's shared state and its router: every route and layer, assembled in one place.
 
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{any, get};
 use axum::serve::ListenerExt;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
 use crate::cache::ResponseCache;
@@ -28,7 +30,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(config: Config, credentials: Credentials) -> Result<Self, String> {
-        let upstream = Upstream::new(&config.upstream, credentials)?;
+        let upstream = Upstream::new(&config.upstream, credentials, config.worker_count())?;
         let cache = Arc::new(ResponseCache::new(&config.cache)?);
         Ok(Self {
             cache,
@@ -69,15 +71,97 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and lets calls in flight finish for at
-/// most `drain_timeout`.
+/// Serves on one listener in the current runtime until `shutdown` resolves, then stops accepting
+/// and lets calls in flight finish for at most `server.shutdown_timeout_secs`.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let drain_timeout = Duration::from_secs(gateway.config.server.shutdown_timeout_secs);
     let background = start_background_tasks(&gateway);
+    let result = accept_loop(gateway, listener, shutdown).await;
+    background.into_iter().for_each(|task| task.abort());
+    result
+}
+
+/// Serves on `listeners` (bound with [`bind_workers`]), each in its own single-threaded runtime on
+/// its own thread, like nginx's worker processes: a call stays on one thread from accept to answer,
+/// and the kernel spreads connections across workers. Returns when every worker has drained.
+pub async fn serve_workers(
+    gateway: Arc<Gateway>,
+    listeners: Vec<std::net::TcpListener>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let background = start_background_tasks(&gateway);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let gateway = gateway.clone();
+        let mut stop = stop_rx.clone();
+        let worker = std::thread::Builder::new()
+            .name(format!("gateway-worker-{index}"))
+            .spawn(move || -> std::io::Result<()> {
+                crate::upstream::set_worker_index(index);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    accept_loop(gateway, listener, async move {
+                        let _ = stop.wait_for(|stopping| *stopping).await;
+                    })
+                    .await
+                })
+            })?;
+        workers.push(worker);
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let joined = tokio::task::spawn_blocking(move || {
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a worker panicked")))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    background.into_iter().for_each(|task| task.abort());
+    joined
+        .into_iter()
+        .collect::<std::io::Result<Vec<()>>>()
+        .map(|_| ())
+}
+
+/// `workers` listening sockets on one address with SO_REUSEPORT (port 0 resolves to one port).
+pub fn bind_workers(
+    addr: SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 0..workers.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+async fn accept_loop(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let drain_timeout = Duration::from_secs(gateway.config.server.shutdown_timeout_secs);
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let listener = listener.tap_io(|tcp| {
         // Answers are written in pieces (head, body chunks): do not let Nagle hold them back.
@@ -94,9 +178,7 @@ pub async fn serve(
         result = &mut server => return result,
         _ = stopping_rx => {}
     }
-    let drained = tokio::time::timeout(drain_timeout, server).await;
-    background.into_iter().for_each(|task| task.abort());
-    match drained {
+    match tokio::time::timeout(drain_timeout, server).await {
         Ok(result) => result,
         Err(_) => {
             tracing::warn!(

@@ -73,7 +73,9 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Serve { config, sandbox } => {
             let (config, source) = load_valid(config)?;
             telemetry::init(&config.log);
-            tokio::runtime::Runtime::new()
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
                 .map_err(|e| format!("cannot start the runtime: {e}"))?
                 .block_on(serve(config, source, sandbox))
         }
@@ -149,14 +151,14 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
     } else {
         Credentials::from_env()?
     };
-    let listener = tokio::net::TcpListener::bind(config.listen_addr())
-        .await
+    let workers = config.worker_count();
+    let listeners = app::bind_workers(config.listen_addr(), workers)
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let gateway = Arc::new(Gateway::new(config, credentials)?);
     println!("contabo-gateway listening on http://{addr} (config: {source})");
-    tracing::info!(%addr, config = %source, sandbox = use_sandbox, "gateway started");
-    app::serve(gateway, listener, shutdown::signal())
+    tracing::info!(%addr, config = %source, sandbox = use_sandbox, workers, "gateway started");
+    app::serve_workers(gateway, listeners, shutdown::signal())
         .await
         .map_err(|e| format!("server error: {e}"))?;
     drop(sandbox);

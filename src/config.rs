@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub listen: String,
     pub max_body_bytes: usize,
     pub shutdown_timeout_secs: u64,
+    /// Worker runtimes, one thread each (0 = one per CPU).
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +41,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 10 * 1024 * 1024,
             shutdown_timeout_secs: 30,
+            workers: 0,
         }
     }
 }
@@ -264,6 +267,12 @@ impl Config {
                 self.server.listen
             ));
         }
+        if self.server.workers > 1024 {
+            problems.push(format!(
+                "server.workers = {} is more than 1024; use 0 for one per CPU",
+                self.server.workers
+            ));
+        }
         if self.server.max_body_bytes == 0 {
             problems.push("server.max_body_bytes must be at least 1".into());
         }
@@ -358,6 +367,14 @@ impl Config {
             }
         }
         problems
+    }
+
+    /// Worker runtimes to run: `server.workers`, or one per CPU when 0.
+    pub fn worker_count(&self) -> usize {
+        match self.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     pub fn listen_addr(&self) -> SocketAddr {

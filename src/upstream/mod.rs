@@ -21,33 +21,59 @@ pub struct OutgoingCall<'a> {
     pub body: Bytes,
 }
 
+std::thread_local! {
+    /// Which worker runtime this thread serves (0 outside the multi-worker server).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as serving worker `index`, so it uses that worker's connection pool.
+pub fn set_worker_index(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
 pub struct Upstream {
-    http: reqwest::Client,
+    /// One pooled keep-alive client per worker runtime: a connection is driven by the runtime
+    /// that opened it, so each worker keeps to its own and never wakes another.
+    clients: Vec<reqwest::Client>,
     api_base: String,
     timeout: Duration,
     pub tokens: TokenManager,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig, credentials: Credentials) -> Result<Self, String> {
+    pub fn new(
+        config: &UpstreamConfig,
+        credentials: Credentials,
+        workers: usize,
+    ) -> Result<Self, String> {
         let timeout = Duration::from_secs(config.timeout_secs);
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
+        let build = || {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tcp_nodelay(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .build()
+                .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))
+        };
+        let clients = (0..workers.max(1))
+            .map(|_| build())
+            .collect::<Result<_, _>>()?;
         let auth_url = reqwest::Url::parse(&config.auth_url)
             .map_err(|e| format!("upstream.auth_url is not a URL: {e}"))?;
         Ok(Self {
-            tokens: TokenManager::new(http.clone(), auth_url, credentials),
-            http,
+            tokens: TokenManager::new(build()?, auth_url, credentials),
+            clients,
             api_base: config.api_url.trim_end_matches('/').to_string(),
             timeout,
         })
+    }
+
+    /// This worker's client.
+    fn http(&self) -> &reqwest::Client {
+        &self.clients[WORKER.with(|w| w.get()) % self.clients.len()]
     }
 
     /// Sends the call with the gateway's bearer token. On an upstream 401 the token is dropped, a new
@@ -73,7 +99,7 @@ impl Upstream {
         let mut headers = call.headers.clone();
         headers.insert(http::header::AUTHORIZATION, bearer.clone());
         let url = format!("{}{}", self.api_base, call.path_and_query);
-        self.http
+        self.http()
             .request(call.method.clone(), url)
             .headers(headers)
             .body(call.body.clone())
