@@ -1,12 +1,14 @@
 //! The gateway's shared state and its router: every route and layer, assembled in one place.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{any, get};
+use axum::routing::get;
 use axum::serve::ListenerExt;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
@@ -21,7 +23,7 @@ use crate::{admin, pipeline};
 /// Everything a call needs, shared by all calls.
 pub struct Gateway {
     pub config: Config,
-    clients: RwLock<Arc<ClientRegistry>>,
+    clients: ArcSwap<ClientRegistry>,
     pub routes: RouteTable,
     pub upstream: Upstream,
     pub cache: Arc<ResponseCache>,
@@ -34,7 +36,7 @@ impl Gateway {
         let cache = Arc::new(ResponseCache::new(&config.cache)?);
         Ok(Self {
             cache,
-            clients: RwLock::new(Arc::new(ClientRegistry::from_config(&config.clients))),
+            clients: ArcSwap::from_pointee(ClientRegistry::from_config(&config.clients)),
             routes: RouteTable::default(),
             upstream,
             in_flight: AtomicUsize::new(0),
@@ -42,21 +44,20 @@ impl Gateway {
         })
     }
 
-    /// The current team registry (replaceable at runtime).
-    pub fn clients(&self) -> Arc<ClientRegistry> {
-        self.clients.read().expect("clients lock").clone()
+    /// The current team registry (replaceable at runtime; reading it takes no lock).
+    pub fn clients(&self) -> arc_swap::Guard<Arc<ClientRegistry>> {
+        self.clients.load()
     }
 
     pub fn replace_clients(&self, registry: ClientRegistry) {
-        *self.clients.write().expect("clients lock") = Arc::new(registry);
+        self.clients.store(Arc::new(registry));
     }
 }
 
-/// The router: Contabo calls through the pipeline, gateway endpoints beside it, 404 elsewhere.
+/// The router: gateway endpoints under /_gateway, Contabo calls (/v1/**) through the pipeline,
+/// 400/404 elsewhere.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
-        .route("/v1", any(pipeline::handle))
-        .route("/v1/{*rest}", any(pipeline::handle))
         .route("/_gateway/health", get(admin::health))
         .route("/_gateway/ready", get(admin::ready))
         .route("/_gateway/status", get(admin::status))
@@ -64,7 +65,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             "/_gateway/cache",
             get(admin::cache_stats).delete(admin::cache_purge),
         )
-        .fallback(pipeline::not_found)
+        // /v1/** and everything unknown: a fallback takes no path parameters to extract.
+        .fallback(pipeline::dispatch)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             admin::panic_response,
         ))

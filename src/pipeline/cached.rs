@@ -51,12 +51,13 @@ pub async fn read(
         return serve(call, stale, "contabo-gateway; hit; stale", true);
     }
     let response = fetched.result?;
-    let reason = if refetch { "request" } else { "miss" };
-    let status = match fetched.stored {
-        true => format!("contabo-gateway; fwd={reason}; stored"),
-        false => format!("contabo-gateway; fwd={reason}"),
+    let status = match (refetch, fetched.stored) {
+        (false, true) => "contabo-gateway; fwd=miss; stored",
+        (false, false) => "contabo-gateway; fwd=miss",
+        (true, true) => "contabo-gateway; fwd=request; stored",
+        (true, false) => "contabo-gateway; fwd=request",
     };
-    serve(call, &response, &status, false)
+    serve(call, &response, status, false)
 }
 
 /// One upstream fetch, read whole so its answer can be shared and stored.
@@ -87,7 +88,7 @@ async fn fetch(
 fn serve(
     call: &CallContext,
     entry: &CachedResponse,
-    cache_status: &str,
+    cache_status: &'static str,
     with_age: bool,
 ) -> Result<Response, GatewayError> {
     let body = if call.client.role.sees_secrets() {
@@ -104,9 +105,7 @@ fn serve(
     let headers = response.headers_mut();
     *headers = entry.headers.clone();
     headers.insert(request_id::HEADER, call.request_id.header_value());
-    if let Ok(value) = HeaderValue::from_str(cache_status) {
-        headers.insert(CACHE_STATUS, value);
-    }
+    headers.insert(CACHE_STATUS, HeaderValue::from_static(cache_status));
     if with_age {
         headers.insert(header::AGE, HeaderValue::from(entry.age().as_secs()));
     }

@@ -15,18 +15,18 @@ use crate::clients::{Client, KeyProblem, presented_key};
 use crate::error::GatewayError;
 
 /// Refuses paths that could mean something else after normalisation: dot segments, encoded
-/// slashes and backslashes, empty segments.
+/// slashes and backslashes, empty segments. Allocation-free: it runs on every call.
 pub fn check_path(path: &str) -> Result<(), GatewayError> {
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
+    let bytes = path.as_bytes();
+    if path.contains('\\')
+        || contains_ignore_case(bytes, b"%2f")
+        || contains_ignore_case(bytes, b"%5c")
+    {
         return Err(GatewayError::BadRequest(
             "the path contains an encoded slash or a backslash; send plain path segments".into(),
         ));
     }
-    let dot_segment = lower
-        .split('/')
-        .any(|s| matches!(s.replace("%2e", ".").as_str(), "." | ".."));
-    if dot_segment {
+    if path.split('/').any(is_dot_segment) {
         return Err(GatewayError::BadRequest(
             "the path contains a dot segment (. or ..); send the resolved path".into(),
         ));
@@ -37,6 +37,27 @@ pub fn check_path(path: &str) -> Result<(), GatewayError> {
         ));
     }
     Ok(())
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// "." or "..", with any dot possibly written as %2e.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        match rest {
+            [b'.', tail @ ..] => rest = tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => rest = tail,
+            _ => return false,
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 /// Header values must be visible ASCII: anything else cannot be forwarded faithfully.

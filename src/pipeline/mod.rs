@@ -39,6 +39,16 @@ pub struct CallContext {
     pub route: Option<&'static Operation>,
 }
 
+/// Everything the router does not serve itself: /v1 and /v1/** go through the pipeline.
+pub async fn dispatch(state: State<Arc<Gateway>>, request: Request) -> Response {
+    let path = request.uri().path();
+    if path == "/v1" || path.starts_with("/v1/") {
+        handle(state, request).await
+    } else {
+        not_found(request).await
+    }
+}
+
 /// Entry point for /v1/**: runs the pipeline inside a span carrying the request id.
 pub async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
     let (request_id, origin) = RequestId::from_headers(request.headers());

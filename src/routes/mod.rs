@@ -56,7 +56,8 @@ struct Template {
 /// Finds the spec operation of a method and path.
 #[derive(Debug)]
 pub struct RouteTable {
-    templates: Vec<Template>,
+    /// Templates grouped by segment count (index), most specific first within each group.
+    by_length: Vec<Vec<Template>>,
 }
 
 impl Default for RouteTable {
@@ -86,7 +87,16 @@ impl RouteTable {
             let kinds = |t: &Template| t.segments.iter().map(Option::is_none).collect::<Vec<_>>();
             kinds(a).cmp(&kinds(b))
         });
-        Self { templates }
+        let longest = templates
+            .iter()
+            .map(|t| t.segments.len())
+            .max()
+            .unwrap_or(0);
+        let mut by_length: Vec<Vec<Template>> = (0..=longest).map(|_| Vec::new()).collect();
+        for template in templates {
+            by_length[template.segments.len()].push(template);
+        }
+        Self { by_length }
     }
 
     /// The operation for `method` and a raw (undecoded) request path. HEAD matches like GET.
@@ -96,22 +106,33 @@ impl RouteTable {
         } else {
             method
         };
-        let count = path.split('/').skip(1).count();
-        self.templates
+        // Split once; no spec path has more than MAX_SEGMENTS segments.
+        let mut segments = [""; MAX_SEGMENTS];
+        let mut count = 0;
+        for segment in path.split('/').skip(1) {
+            *segments.get_mut(count)? = segment;
+            count += 1;
+        }
+        let segments = &segments[..count];
+        self.by_length
+            .get(count)?
             .iter()
-            .filter(|t| t.method == *method && t.segments.len() == count)
+            .filter(|t| t.method == *method)
             .find(|t| {
                 t.segments
                     .iter()
-                    .zip(path.split('/').skip(1))
+                    .zip(segments)
                     .all(|(template, actual)| match template {
-                        Some(literal) => *literal == actual,
+                        Some(literal) => literal == actual,
                         None => !actual.is_empty(),
                     })
             })
             .map(|t| t.operation)
     }
 }
+
+/// Longer paths than this match no spec operation.
+const MAX_SEGMENTS: usize = 12;
 
 #[cfg(test)]
 mod tests {
