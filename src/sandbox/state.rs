@@ -131,6 +131,8 @@ pub struct SandboxState {
     pub credential: Mutex<SandboxCredential>,
     pub access_tokens: Mutex<HashMap<String, Instant>>,
     pub refresh_tokens: Mutex<HashMap<String, Instant>>,
+    /// Every access and refresh token ever issued, for tests that look for leaks.
+    pub issued: Mutex<Vec<String>>,
     pub data: Mutex<Data>,
     pub recorded: Mutex<Vec<Recorded>>,
     pub counters: Counters,
@@ -166,6 +168,7 @@ impl SandboxState {
             credential: Mutex::new(credential),
             access_tokens: Mutex::default(),
             refresh_tokens: Mutex::default(),
+            issued: Mutex::default(),
             data: Mutex::new(data),
             recorded: Mutex::default(),
             counters: Counters::default(),
@@ -190,6 +193,10 @@ impl SandboxState {
             refresh.clone(),
             now + Duration::from_secs_f64(self.options.refresh_token_secs),
         );
+        self.issued
+            .lock()
+            .unwrap()
+            .extend([access.clone(), refresh.clone()]);
         (access, refresh)
     }
 
