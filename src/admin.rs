@@ -6,12 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::extract::State;
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::json;
 
 use crate::app::Gateway;
+use crate::audit::query::{self, Filter, Format, csv_line};
+use crate::audit::record::AuditRecord;
 use crate::clients::Role;
 use crate::error::GatewayError;
 use crate::pipeline::identify;
@@ -22,16 +27,37 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: 200 once a Contabo token can be had, 503 with the reason otherwise.
+/// Readiness: 200 once a Contabo token can be had and the audit store can be written; 503 with
+/// the reason of each failing check otherwise.
 pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
-    match gw.upstream.tokens.bearer().await {
-        Ok(_) => Json(json!({"ready": true, "checks": {"token": "ok"}})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "checks": {"token": e.to_string()}})),
-        )
-            .into_response(),
+    let token = gw
+        .upstream
+        .tokens
+        .bearer()
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let audit = gw.audit.health();
+    let ready = token.is_ok() && audit.is_ok();
+    let describe = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(reason) => reason.clone(),
+    };
+    let mut checks = json!({"token": describe(&token), "audit": describe(&audit)});
+    if let Some(bus) = gw.cache.bus() {
+        // Informational: without Redis a replica keeps serving with a short cache TTL.
+        checks["redis"] = json!(if bus.is_connected() {
+            "ok"
+        } else {
+            "unreachable (serving with the short cache TTL)"
+        });
     }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({"ready": ready, "checks": checks}))).into_response()
 }
 
 /// The refusal for a caller who is not an admin; `None` lets an admin through.
@@ -41,9 +67,20 @@ fn refuse_unless_admin(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Option<Response> {
+    refuse_unless(gw, method, uri, headers, &[Role::Admin])
+}
+
+/// The refusal for a caller whose role is not in `roles`.
+fn refuse_unless(
+    gw: &Gateway,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    roles: &[Role],
+) -> Option<Response> {
     let (request_id, _) = RequestId::from_headers(headers);
     let error = match identify(gw, headers) {
-        Ok(client) if client.role == Role::Admin => return None,
+        Ok(client) if roles.contains(&client.role) => return None,
         Ok(client) => GatewayError::Forbidden {
             role: client.role.as_str(),
             method: method.to_string(),
@@ -99,6 +136,146 @@ pub async fn cache_purge(
     }
     gw.cache.purge().await;
     Json(json!({"purged": true})).into_response()
+}
+
+/// Auditors and admins: audit records matching the filters, as JSON (paginated), CSV or NDJSON
+/// (streamed when no limit is given).
+pub async fn audit_query(
+    State(gw): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(refused) =
+        refuse_unless(&gw, &method, &uri, &headers, &[Role::Auditor, Role::Admin])
+    {
+        return refused;
+    }
+    let (request_id, _) = RequestId::from_headers(&headers);
+    let (filter, format) = match Filter::from_params(&params, true) {
+        Ok(parsed) if parsed.1 != Format::Table => parsed,
+        Ok(_) => {
+            return GatewayError::BadRequest("format must be json, csv or ndjson".into())
+                .into_response_with(&request_id);
+        }
+        Err(message) => return GatewayError::BadRequest(message).into_response_with(&request_id),
+    };
+    let store = match gw.audit.reader().await {
+        Ok(store) => store.clone(),
+        Err(reason) => {
+            return GatewayError::AuditUnavailable(reason).into_response_with(&request_id);
+        }
+    };
+    match filter.limit {
+        Some(limit) => {
+            let mut records = match store.page(&filter).await {
+                Ok(records) => records,
+                Err(e) => return GatewayError::AuditUnavailable(e).into_response_with(&request_id),
+            };
+            let next_cursor = (records.len() as i64 > limit)
+                .then(|| {
+                    records.truncate(limit as usize);
+                    records.last().map(|r| r.id.to_string())
+                })
+                .flatten();
+            let mut response = match format {
+                Format::Json => {
+                    Json(json!({"records": records, "next_cursor": next_cursor})).into_response()
+                }
+                Format::Csv => (
+                    [(http::header::CONTENT_TYPE, "text/csv")],
+                    csv_line(&records, true),
+                )
+                    .into_response(),
+                _ => (
+                    [(http::header::CONTENT_TYPE, "application/x-ndjson")],
+                    ndjson(&records),
+                )
+                    .into_response(),
+            };
+            if let Some(cursor) = next_cursor.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
+                response.headers_mut().insert("x-next-cursor", cursor);
+            }
+            response
+        }
+        None => {
+            // A whole export: streamed page by page, never held in memory.
+            let content_type = if format == Format::Csv {
+                "text/csv"
+            } else {
+                "application/x-ndjson"
+            };
+            let body = axum::body::Body::from_stream(export(store, filter, format));
+            ([(http::header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+    }
+}
+
+fn ndjson(records: &[AuditRecord]) -> Vec<u8> {
+    records
+        .iter()
+        .flat_map(|r| format!("{}\n", json!(r)).into_bytes())
+        .collect()
+}
+
+/// Every matching record as CSV (with its header) or NDJSON, in pages of 1000 by id.
+fn export(
+    store: crate::audit::store::Store,
+    filter: Filter,
+    format: Format,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    let header = (format == Format::Csv).then(|| Ok(bytes::Bytes::from(csv_line(&[], true))));
+    let pages = futures_util::stream::unfold(Some(filter), move |state| {
+        let store = store.clone();
+        async move {
+            let mut filter = state?;
+            filter.limit = Some(query::MAX_LIMIT);
+            let mut records = match store.page(&filter).await {
+                Ok(records) => records,
+                Err(e) => return Some((Err(std::io::Error::other(e)), None)),
+            };
+            let more = records.len() as i64 > query::MAX_LIMIT;
+            records.truncate(query::MAX_LIMIT as usize);
+            filter.after_id = records.last().map(|r| r.id).or(filter.after_id);
+            let chunk = match format {
+                Format::Csv => csv_line(&records, false),
+                _ => ndjson(&records),
+            };
+            Some((Ok(bytes::Bytes::from(chunk)), more.then_some(filter)))
+        }
+    });
+    futures_util::stream::iter(header).chain(pages)
+}
+
+/// Auditors and admins: walks the hash chain and reports the first broken record.
+pub async fn audit_verify(
+    State(gw): State<Arc<Gateway>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) =
+        refuse_unless(&gw, &method, &uri, &headers, &[Role::Auditor, Role::Admin])
+    {
+        return refused;
+    }
+    let (request_id, _) = RequestId::from_headers(&headers);
+    let report = match gw.audit.reader().await {
+        Ok(store) => store.verify().await,
+        Err(reason) => Err(reason),
+    };
+    match report {
+        Ok(report) => {
+            let status = if report.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            };
+            (status, Json(report)).into_response()
+        }
+        Err(reason) => GatewayError::AuditUnavailable(reason).into_response_with(&request_id),
+    }
 }
 
 /// A panic in a handler becomes a JSON 500 instead of a dropped connection.

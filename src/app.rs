@@ -13,6 +13,7 @@ use axum::serve::ListenerExt;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
+use crate::audit::AuditLog;
 use crate::cache::ResponseCache;
 use crate::clients::ClientRegistry;
 use crate::config::{Config, Credentials};
@@ -27,6 +28,7 @@ pub struct Gateway {
     pub routes: RouteTable,
     pub upstream: Upstream,
     pub cache: Arc<ResponseCache>,
+    pub audit: AuditLog,
     pub in_flight: AtomicUsize,
 }
 
@@ -35,6 +37,7 @@ impl Gateway {
         let upstream = Upstream::new(&config.upstream, credentials, config.worker_count())?;
         let cache = Arc::new(ResponseCache::new(&config.cache)?);
         Ok(Self {
+            audit: AuditLog::start(&config.audit),
             cache,
             clients: ArcSwap::from_pointee(ClientRegistry::from_config(&config.clients)),
             routes: RouteTable::default(),
@@ -81,7 +84,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let background = start_background_tasks(&gateway);
-    let result = accept_loop(gateway, listener, shutdown).await;
+    let result = accept_loop(gateway.clone(), listener, shutdown).await;
+    gateway.audit.flush().await;
     background.into_iter().for_each(|task| task.abort());
     result
 }
@@ -130,6 +134,8 @@ pub async fn serve_workers(
     })
     .await
     .map_err(std::io::Error::other)?;
+    // Every call has drained: commit the audit records they left with the writer.
+    gateway.audit.flush().await;
     background.into_iter().for_each(|task| task.abort());
     joined
         .into_iter()
@@ -169,7 +175,8 @@ async fn accept_loop(
         // Answers are written in pieces (head, body chunks): do not let Nagle hold them back.
         let _ = tcp.set_nodelay(true);
     });
-    let server = axum::serve(listener, router(gateway))
+    let app = router(gateway).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stopping_tx.send(());

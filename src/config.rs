@@ -22,6 +22,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub log: LogConfig,
     pub cache: CacheConfig,
+    pub audit: AuditConfig,
     pub clients: Vec<ClientConfig>,
 }
 
@@ -119,6 +120,47 @@ impl Default for CacheConfig {
             redis_url: String::new(),
             redis_fallback_ttl_secs: 2,
             redis_channel: "contabo-gateway:cache-invalidation".into(),
+        }
+    }
+}
+
+/// The compliance audit log of mutating calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    /// sqlite://PATH or postgres://USER@HOST/DB. Env: GATEWAY_DATABASE_URL.
+    pub database_url: String,
+    /// Forward mutating calls even when the store cannot be written (they are then unaudited).
+    pub fail_open: bool,
+    /// Longest stored body; longer ones are cut with a marker.
+    pub max_body_bytes: usize,
+    /// JSON keys whose values are stored as "[REDACTED]" (case-insensitive, any depth).
+    pub redact_keys: Vec<String>,
+    /// Delete records older than this many days (0 = keep forever).
+    pub retention_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            database_url: "sqlite://data/audit.db".into(),
+            fail_open: false,
+            max_body_bytes: 65536,
+            redact_keys: [
+                "password",
+                "rootPassword",
+                "secret",
+                "secretKey",
+                "client_secret",
+                "token",
+                "access_token",
+                "refresh_token",
+            ]
+            .map(String::from)
+            .to_vec(),
+            retention_days: 0,
         }
     }
 }
@@ -256,6 +298,7 @@ impl Config {
         set("CONTABO_API_URL", &mut self.upstream.api_url);
         set("CONTABO_AUTH_URL", &mut self.upstream.auth_url);
         set("GATEWAY_REDIS_URL", &mut self.cache.redis_url);
+        set("GATEWAY_DATABASE_URL", &mut self.audit.database_url);
     }
 
     /// Every problem found, each a sentence that says what to change. Empty means valid.
@@ -300,6 +343,12 @@ impl Config {
             ));
         }
         problems.extend(self.cache_problems());
+        if let Err(problem) = crate::audit::store::backend_of(&self.audit.database_url) {
+            problems.push(problem);
+        }
+        if self.audit.max_body_bytes == 0 {
+            problems.push("audit.max_body_bytes must be at least 1".into());
+        }
         problems.extend(self.client_problems());
         problems
     }

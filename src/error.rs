@@ -42,6 +42,10 @@ pub enum GatewayError {
     UpstreamTimeout(u64),
     #[error("{0}")]
     BadUpstreamResponse(String),
+    #[error(
+        "the audit log cannot be written ({0}); mutating calls are refused until it can, retry later"
+    )]
+    AuditUnavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -58,6 +62,7 @@ impl GatewayError {
             | GatewayError::UpstreamUnreachable(_)
             | GatewayError::BadUpstreamResponse(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,6 +89,7 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable(_) => "upstream_unreachable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::BadUpstreamResponse(_) => "bad_upstream_response",
+            GatewayError::AuditUnavailable(_) => "audit_unavailable",
             GatewayError::Internal(_) => "internal_error",
         }
     }

@@ -36,10 +36,12 @@ fn output(command: &mut Command) -> (bool, String, String) {
 
 /// Starts `serve` and waits for the line with the listening URL.
 fn serve(args: &[&str], envs: &[(&str, &str)]) -> (Child, String, Vec<String>) {
+    let db = std::env::temp_dir().join(format!("cli-audit-{}.db", std::process::id()));
     let mut child = gateway()
         .arg("serve")
         .args(args)
         .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("GATEWAY_DATABASE_URL", format!("sqlite://{}", db.display()))
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

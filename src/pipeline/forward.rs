@@ -45,13 +45,15 @@ pub async fn forward(
         .await
 }
 
-/// The caller's response to a forwarded (not cached) call.
+/// The caller's response to a forwarded (not cached) call, and the body when `capture` asks for it
+/// (the audit of a mutating call stores it; such bodies are read whole, the rest are streamed).
 pub async fn respond(
     gw: &Gateway,
     call: &CallContext,
     parts: &Parts,
     upstream: reqwest::Response,
-) -> Result<Response, GatewayError> {
+    capture: bool,
+) -> Result<(Response, Option<Bytes>), GatewayError> {
     let status = upstream.status();
     if status.is_success() {
         let groups = invalidated_groups(call.route, &parts.method, parts.uri.path());
@@ -61,18 +63,25 @@ pub async fn respond(
     }
     let mut headers = headers::for_caller(upstream.headers());
     headers.insert(request_id::HEADER, call.request_id.header_value());
-    let body = match call.route.filter(|r| r.carries_secrets()) {
-        None => Body::from_stream(upstream.bytes_stream()),
+    let secret_route = call.route.filter(|r| r.carries_secrets());
+    if secret_route.is_none() && !capture {
+        let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        return Ok((response, None));
+    }
+    let bytes = upstream
+        .bytes()
+        .await
+        .map_err(|e| gw.upstream.transport_error(&e))?;
+    let body = match secret_route {
+        None => Body::from(bytes.clone()),
         Some(route) => {
-            let bytes = upstream
-                .bytes()
-                .await
-                .map_err(|e| gw.upstream.transport_error(&e))?;
             if route.operation_id == "generateClientSecret" && status.is_success() {
                 adopt_rotated_secret(gw, &call.client, &bytes);
             }
             if call.client.role.sees_secrets() {
-                Body::from(bytes)
+                Body::from(bytes.clone())
             } else {
                 headers.remove(header::CONTENT_LENGTH);
                 Body::from(redacted(&headers, &bytes, route)?)
@@ -82,7 +91,7 @@ pub async fn respond(
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
-    Ok(response)
+    Ok((response, capture.then_some(bytes)))
 }
 
 /// The cached reads a successful write changes: from the spec's route class, or for a route the

@@ -1,10 +1,11 @@
 //! The request pipeline for Contabo calls (everything under /v1), stage by stage in one place
 //! ([`run`]):
 //!
-//! request id -> path and header hygiene -> team identity -> route class -> permission by role ->
-//! body (bounded) -> [cacheable read: cache lookup, coalesced miss] -> token + forward (one retry
-//! on 401) -> [write: cache invalidation] -> secret adoption -> redaction for the caller's role ->
-//! response with x-request-id (and cache-status).
+//! request id -> team identity -> route class -> [mutating: audit trail opened] -> path and header
+//! hygiene, permission by role, bounded body (a refusal is audited as rejected) -> [cacheable read:
+//! cache lookup, coalesced miss] -> [mutating: pending audit record committed] -> token + forward
+//! (one retry on 401) -> [write: cache invalidation] -> secret adoption -> redaction for the
+//! caller's role -> [mutating: audit record finalised] -> response with x-request-id.
 //!
 //! The facts every stage needs (request id, client, route class) are gathered once in a
 //! [`CallContext`].
@@ -20,6 +21,7 @@ mod forward;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use http::Method;
+use http::request::Parts;
 use tracing::Instrument;
 
 pub use checks::{check_path, identify};
@@ -87,8 +89,6 @@ async fn run(
     request_id: RequestId,
 ) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
-    check_path(parts.uri.path())?;
-    check_header_values(&parts.headers)?;
     let client = identify(gw, &parts.headers)?;
     let route = gw.routes.find(&parts.method, parts.uri.path());
     let span = tracing::Span::current();
@@ -99,23 +99,62 @@ async fn run(
         client,
         route,
     };
-    authorize(&call, &parts)?;
-    let body = read_body(body, &parts.headers, gw.config.server.max_body_bytes).await?;
+    let mut trail = gw.audit.trail(&call, &parts);
+    let body = match admit(gw, &call, &parts, body).await {
+        Ok(body) => body,
+        Err(refusal) => {
+            if let Some(trail) = trail {
+                trail.failed(&refusal, true).await;
+            }
+            return Err(refusal);
+        }
+    };
     let cacheable = call
         .route
         .and_then(|r| r.cached_as)
         .filter(|_| parts.method == Method::GET);
-    match cacheable {
-        Some(group) if gw.cache.enabled() => cached::read(gw, &call, &parts, group).await,
-        _ => {
-            let upstream_response = forward(gw, &call, &parts, body).await?;
-            let response = respond(gw, &call, &parts, upstream_response).await?;
-            Ok(match cacheable {
-                Some(_) => cached::bypassed(response),
-                None => response,
-            })
-        }
+    if let (Some(group), true) = (cacheable, gw.cache.enabled()) {
+        return cached::read(gw, &call, &parts, group).await;
     }
+    if let Some(trail) = &mut trail {
+        trail.begin(&body, &parts.headers).await?;
+    }
+    let forwarded = match forward(gw, &call, &parts, body).await {
+        Ok(upstream) => respond(gw, &call, &parts, upstream, trail.is_some()).await,
+        Err(error) => Err(error),
+    };
+    match (forwarded, trail) {
+        (Ok((response, captured)), Some(trail)) => {
+            let body = captured.unwrap_or_default();
+            trail
+                .forwarded(response.status().as_u16(), &body, response.headers())
+                .await;
+            Ok(response)
+        }
+        (Ok((response, _)), None) => Ok(match cacheable {
+            Some(_) => cached::bypassed(response),
+            None => response,
+        }),
+        (Err(error), Some(trail)) => {
+            trail.failed(&error, false).await;
+            Err(error)
+        }
+        (Err(error), None) => Err(error),
+    }
+}
+
+/// The checks a call must pass before anything is sent upstream: path and header hygiene,
+/// permission by role, the bounded body.
+async fn admit(
+    gw: &Gateway,
+    call: &CallContext,
+    parts: &Parts,
+    body: axum::body::Body,
+) -> Result<bytes::Bytes, GatewayError> {
+    check_path(parts.uri.path())?;
+    check_header_values(&parts.headers)?;
+    authorize(call, parts)?;
+    read_body(body, &parts.headers, gw.config.server.max_body_bytes).await
 }
 
 /// Counts calls in flight; the count drops even when a caller disconnects and the call is dropped.

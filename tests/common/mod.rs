@@ -23,6 +23,8 @@ pub struct TestGateway {
     pub keys: Keys,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Holds the gateway's own audit database.
+    pub data_dir: tempfile::TempDir,
 }
 
 impl TestGateway {
@@ -106,6 +108,8 @@ pub async fn start_gateway(
     let (readonly, r) = client("team-readonly", Role::Readonly);
     let (auditor, u) = client("team-auditor", Role::Auditor);
     config.clients = vec![a, o, r, u];
+    let data_dir = tempfile::tempdir().unwrap();
+    config.audit.database_url = format!("sqlite://{}/audit.db", data_dir.path().display());
     tweak(&mut config);
     assert!(config.problems().is_empty(), "{:?}", config.problems());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -127,6 +131,7 @@ pub async fn start_gateway(
         },
         stop: Some(stop_tx),
         server: Some(server),
+        data_dir,
     }
 }
 
@@ -186,6 +191,14 @@ pub fn spawn_gateway_process(
         .args(["serve", "--config"])
         .arg(&path)
         .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .env(
+            "GATEWAY_DATABASE_URL",
+            format!(
+                "sqlite://{}/audit-{}.db",
+                dir.display(),
+                uuid::Uuid::new_v4()
+            ),
+        )
         .env("CONTABO_API_URL", sandbox.api_url())
         .env("CONTABO_AUTH_URL", sandbox.auth_url())
         .env("CONTABO_CLIENT_ID", &credential.client_id)

@@ -1,0 +1,232 @@
+//! The compliance audit log of every mutating call (POST, PUT, PATCH, DELETE under /v1) from an
+//! identified caller, including the calls the gateway refused.
+//!
+//! A record is committed as `pending` before the call is forwarded and finalised (and appended to
+//! the hash chain) after, so a crash in between leaves a pending row for a reviewer to see. If the
+//! store cannot be written, mutating calls are refused with 503 and never forwarded, unless
+//! `audit.fail_open`. Secrets in bodies are redacted; credentials are never stored.
+
+pub mod query;
+pub mod record;
+pub mod store;
+mod writer;
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use http::request::Parts;
+use http::{HeaderMap, Method, header};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::AuditConfig;
+use crate::error::GatewayError;
+use crate::pipeline::CallContext;
+use record::{AuditRecord, Outcome, millis, now_ts, stored_body};
+use writer::{Health, Op};
+
+/// How many records may wait for the writer before callers wait too.
+const QUEUE: usize = 8192;
+
+pub struct AuditLog {
+    config: AuditConfig,
+    ops: mpsc::Sender<Op>,
+    health: Health,
+    reader: tokio::sync::OnceCell<store::Store>,
+}
+
+impl AuditLog {
+    /// Starts the writer task on the current runtime; it opens the store (and keeps trying).
+    pub fn start(config: &AuditConfig) -> Self {
+        let (ops, receiver) = mpsc::channel(QUEUE);
+        let health: Health = Arc::new(RwLock::new(Err("the audit store is being opened".into())));
+        if config.enabled {
+            tokio::spawn(writer::run(
+                config.database_url.clone(),
+                receiver,
+                health.clone(),
+            ));
+        }
+        Self {
+            config: config.clone(),
+            ops,
+            health,
+            reader: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The store for queries and verification (opened on first use).
+    pub async fn reader(&self) -> Result<&store::Store, String> {
+        if !self.config.enabled {
+            return Err("the audit log is turned off (audit.enabled = false)".into());
+        }
+        self.reader
+            .get_or_try_init(|| store::Store::open(&self.config.database_url))
+            .await
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    /// Whether the store can be written now, and why not.
+    pub fn health(&self) -> Result<(), String> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        self.health.read().expect("health lock").clone()
+    }
+
+    /// Waits until every record sent so far is committed (used on shutdown and by tests).
+    pub async fn flush(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.config.enabled && self.ops.send(Op::Flush { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// The audit trail of one call, or `None` when the call is not audited (not mutating).
+    pub fn trail(&self, call: &CallContext, parts: &Parts) -> Option<AuditTrail<'_>> {
+        let mutating =
+            [Method::POST, Method::PUT, Method::PATCH, Method::DELETE].contains(&parts.method);
+        if !self.config.enabled || !mutating {
+            return None;
+        }
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let client_ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default();
+        let record = AuditRecord {
+            id: 0,
+            ts: now_ts(),
+            client: call.client.name.clone(),
+            role: call.client.role.as_str().into(),
+            method: parts.method.to_string(),
+            path: parts.uri.path().into(),
+            query: parts.uri.query().unwrap_or("").into(),
+            request_id: call.request_id.as_str().into(),
+            trace_id: header(crate::request_id::TRACE_HEADER),
+            client_ip,
+            request_body: String::new(),
+            status: None,
+            outcome: Outcome::Pending,
+            response_body: String::new(),
+            duration_ms: None,
+            upstream_ms: None,
+            seq: None,
+            prev_hash: None,
+            hash: None,
+        };
+        Some(AuditTrail {
+            log: self,
+            record,
+            started: Instant::now(),
+            upstream_started: None,
+        })
+    }
+
+    fn body(&self, body: &[u8], headers: &HeaderMap) -> String {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        stored_body(
+            body,
+            content_type,
+            &self.config.redact_keys,
+            self.config.max_body_bytes,
+        )
+    }
+}
+
+/// The record of one mutating call as it goes through the pipeline.
+pub struct AuditTrail<'a> {
+    log: &'a AuditLog,
+    record: AuditRecord,
+    started: Instant,
+    upstream_started: Option<Instant>,
+}
+
+impl AuditTrail<'_> {
+    /// Commits the pending record before the call is forwarded. When the store cannot be written
+    /// the call is refused (503) unless `audit.fail_open`.
+    pub async fn begin(&mut self, body: &[u8], headers: &HeaderMap) -> Result<(), GatewayError> {
+        self.record.request_body = self.log.body(body, headers);
+        let (reply, committed) = oneshot::channel();
+        let sent = self
+            .log
+            .ops
+            .send(Op::Begin {
+                record: self.record.clone(),
+                reply,
+            })
+            .await;
+        let result = match sent {
+            Ok(()) => committed
+                .await
+                .unwrap_or_else(|_| Err("the audit writer stopped".into())),
+            Err(_) => Err("the audit writer stopped".into()),
+        };
+        match result {
+            Ok(id) => {
+                self.record.id = id;
+                self.upstream_started = Some(Instant::now());
+                Ok(())
+            }
+            Err(reason) if self.log.config.fail_open => {
+                tracing::error!(%reason, "audit store unwritable; forwarding anyway (audit.fail_open)");
+                self.upstream_started = Some(Instant::now());
+                Ok(())
+            }
+            Err(reason) => Err(GatewayError::AuditUnavailable(reason)),
+        }
+    }
+
+    /// Finalises the record with upstream's answer.
+    pub async fn forwarded(mut self, status: u16, body: &[u8], headers: &HeaderMap) {
+        self.record.outcome = Outcome::Forwarded;
+        self.record.status = Some(status as i64);
+        self.record.response_body = self.log.body(body, headers);
+        self.finish().await;
+    }
+
+    /// Finalises the record of a call that failed: refused by the gateway before forwarding
+    /// (`rejected`), or failed on the way to or from upstream.
+    pub async fn failed(mut self, error: &GatewayError, before_forwarding: bool) {
+        self.record.outcome = if before_forwarding {
+            Outcome::Rejected
+        } else if error.is_upstream_failure()
+            || matches!(error, GatewayError::CredentialUnusable { .. })
+        {
+            Outcome::UpstreamError
+        } else {
+            Outcome::GatewayError
+        };
+        self.record.status = Some(error.status().as_u16() as i64);
+        self.record.response_body =
+            serde_json::json!({"error": error.code(), "message": error.to_string()}).to_string();
+        self.finish().await;
+    }
+
+    /// Sends the final record to the writer (a record without a pending row, as after a refusal or
+    /// a fail-open begin, is inserted final).
+    async fn finish(mut self) {
+        self.record.duration_ms = Some(millis(self.started.elapsed()));
+        self.record.upstream_ms = self.upstream_started.map(|t| millis(t.elapsed()));
+        let _ = self
+            .log
+            .ops
+            .send(Op::Finish {
+                record: self.record,
+                reply: None,
+            })
+            .await;
+    }
+}

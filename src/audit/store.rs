@@ -1,0 +1,383 @@
+//! The audit store on SQLite or PostgreSQL through sqlx's `Any` driver: one set of SQL (with `$N`
+//! placeholders, which both accept), migrations per backend, the hash chain appended under a lock
+//! (the single writer on SQLite; an advisory lock on PostgreSQL, so several replicas keep one
+//! chain), queries, verification and retention pruning.
+
+use std::path::Path;
+use std::sync::Once;
+
+use futures_util::{Stream, StreamExt};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use super::record::{AuditRecord, GENESIS_HASH, Outcome, now_ts};
+
+/// The PostgreSQL advisory lock key that serialises chain appends across replicas.
+const CHAIN_LOCK_KEY: i64 = 0x636f_6e74_6162_6f00; // "contabo\0"
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const COLUMNS: &str = "id, ts, client, role, method, path, query, request_id, trace_id, client_ip, \
+     request_body, status, outcome, response_body, duration_ms, upstream_ms, seq, prev_hash, hash";
+
+/// What `verify` found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub checked: u64,
+    pub pending: u64,
+    pub first_broken_id: Option<i64>,
+    pub reason: Option<String>,
+    pub checkpoint_seq: Option<i64>,
+}
+
+pub fn backend_of(url: &str) -> Result<Backend, String> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(format!(
+            "audit.database_url = {url:?} is neither sqlite://PATH nor postgres://USER@HOST/DB"
+        ))
+    }
+}
+
+impl Store {
+    /// Opens the store (creating the SQLite file and its directory) and applies the migrations.
+    pub async fn open(url: &str) -> Result<Self, String> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let backend = backend_of(url)?;
+        let url = match backend {
+            Backend::Sqlite => sqlite_url(url)?,
+            Backend::Postgres => url.to_string(),
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .acquire_timeout(std::time::Duration::from_secs(3));
+        let options = if backend == Backend::Sqlite {
+            options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    for pragma in [
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = FULL",
+                        "PRAGMA busy_timeout = 5000",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+        } else {
+            options
+        };
+        let pool = options
+            .connect(&url)
+            .await
+            .map_err(|e| format!("cannot open the audit store: {e}"))?;
+        let store = Self { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn migrate(&self) -> Result<(), String> {
+        let result = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await,
+            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&self.pool).await,
+        };
+        result.map_err(|e| format!("cannot migrate the audit store: {e}"))
+    }
+
+    /// Cheap liveness probe of the store.
+    pub async fn ping(&self) -> Result<(), String> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(CHAIN_LOCK_KEY)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// The last (seq, hash) of the chain, or the checkpoint after pruning, or the genesis.
+    pub async fn head(tx: &mut sqlx::AnyConnection) -> Result<(i64, String), sqlx::Error> {
+        let last = sqlx::query(
+            "SELECT seq, hash FROM audit_records WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = last {
+            return Ok((row.try_get("seq")?, row.try_get("hash")?));
+        }
+        let checkpoint = sqlx::query(
+            "SELECT last_seq, last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        match checkpoint {
+            Some(row) => Ok((row.try_get("last_seq")?, row.try_get("last_hash")?)),
+            None => Ok((0, GENESIS_HASH.to_string())),
+        }
+    }
+
+    /// Inserts a record (pending or already final) and returns its id.
+    pub async fn insert(tx: &mut sqlx::AnyConnection, r: &AuditRecord) -> Result<i64, sqlx::Error> {
+        let row = sqlx::query(
+            "INSERT INTO audit_records (ts, client, role, method, path, query, request_id, trace_id, \
+             client_ip, request_body, status, outcome, response_body, duration_ms, upstream_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+        )
+        .bind(&r.ts)
+        .bind(&r.client)
+        .bind(&r.role)
+        .bind(&r.method)
+        .bind(&r.path)
+        .bind(&r.query)
+        .bind(&r.request_id)
+        .bind(&r.trace_id)
+        .bind(&r.client_ip)
+        .bind(&r.request_body)
+        .bind(r.status)
+        .bind(r.outcome.as_str())
+        .bind(&r.response_body)
+        .bind(r.duration_ms)
+        .bind(r.upstream_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        row.try_get("id")
+    }
+
+    /// Writes the final fields and the chain position of a record.
+    pub async fn finalise(
+        tx: &mut sqlx::AnyConnection,
+        r: &AuditRecord,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE audit_records SET status = $1, outcome = $2, response_body = $3, duration_ms = $4, \
+             upstream_ms = $5, seq = $6, prev_hash = $7, hash = $8 WHERE id = $9",
+        )
+        .bind(r.status)
+        .bind(r.outcome.as_str())
+        .bind(&r.response_body)
+        .bind(r.duration_ms)
+        .bind(r.upstream_ms)
+        .bind(r.seq)
+        .bind(&r.prev_hash)
+        .bind(&r.hash)
+        .bind(r.id)
+        .execute(&mut *tx)
+        .await
+        .map(|_| ())
+    }
+
+    /// Records matching `filter`, oldest first, streamed.
+    pub fn query<'a>(
+        &'a self,
+        filter: &'a super::query::Filter,
+    ) -> impl Stream<Item = Result<AuditRecord, String>> + 'a {
+        let (sql, binds) = filter.to_sql(COLUMNS);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for bind in binds {
+            query = match bind {
+                super::query::Bind::Text(t) => query.bind(t),
+                super::query::Bind::Int(i) => query.bind(i),
+            };
+        }
+        query.fetch(&self.pool).map(|row| {
+            row.map_err(|e| e.to_string())
+                .and_then(|r| decode(&r).map_err(|e| e.to_string()))
+        })
+    }
+
+    /// One page of records matching `filter` (its limit plus one, to tell if more follow).
+    pub async fn page(&self, filter: &super::query::Filter) -> Result<Vec<AuditRecord>, String> {
+        let mut rows = std::pin::pin!(self.query(filter));
+        let mut records = Vec::new();
+        while let Some(row) = rows.next().await {
+            records.push(row?);
+        }
+        Ok(records)
+    }
+
+    /// Walks the chain in order and recomputes every hash.
+    pub async fn verify(&self) -> Result<VerifyReport, String> {
+        let err = |e: sqlx::Error| e.to_string();
+        let checkpoint = sqlx::query(
+            "SELECT last_seq, last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(err)?;
+        let (mut seq, mut prev) = match &checkpoint {
+            Some(row) => (
+                row.try_get::<i64, _>("last_seq").map_err(err)?,
+                row.try_get::<String, _>("last_hash").map_err(err)?,
+            ),
+            None => (0, GENESIS_HASH.to_string()),
+        };
+        let mut report = VerifyReport {
+            ok: true,
+            checked: 0,
+            pending: 0,
+            first_broken_id: None,
+            reason: None,
+            checkpoint_seq: checkpoint.as_ref().map(|_| seq),
+        };
+        let pending = sqlx::query("SELECT COUNT(*) AS n FROM audit_records WHERE seq IS NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(err)?;
+        report.pending = pending.try_get::<i64, _>("n").map_err(err)? as u64;
+        let sql = format!("SELECT {COLUMNS} FROM audit_records WHERE seq IS NOT NULL ORDER BY seq");
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&self.pool);
+        while let Some(row) = rows.next().await {
+            let record = decode(&row.map_err(err)?).map_err(err)?;
+            let broken = if record.seq != Some(seq + 1) {
+                Some(format!("sequence jumps from {seq} to {:?}", record.seq))
+            } else if record.prev_hash.as_deref() != Some(prev.as_str()) {
+                Some("prev_hash does not match the previous record's hash".to_string())
+            } else if record.hash.as_deref() != Some(record.chain_hash(&prev).as_str()) {
+                Some("the record's content does not match its hash".to_string())
+            } else {
+                None
+            };
+            if let Some(reason) = broken {
+                report.ok = false;
+                report.first_broken_id = Some(record.id);
+                report.reason = Some(reason);
+                return Ok(report);
+            }
+            seq += 1;
+            prev = record.hash.unwrap_or_default();
+            report.checked += 1;
+        }
+        Ok(report)
+    }
+
+    /// Deletes finalised records older than `before` (an RFC 3339 timestamp) from the start of the
+    /// chain, and records a checkpoint with the last deleted record's hash so the rest verifies.
+    pub async fn prune(&self, before: &str) -> Result<u64, String> {
+        let err = |e: sqlx::Error| e.to_string();
+        let mut tx = self.begin().await.map_err(err)?;
+        // Only a prefix of the chain can go: up to the first record that is young enough to stay.
+        let stop = sqlx::query(
+            "SELECT MIN(seq) AS s FROM audit_records WHERE seq IS NOT NULL AND ts >= $1",
+        )
+        .bind(before)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+        let stop: Option<i64> = stop.try_get("s").map_err(err)?;
+        let last = sqlx::query(
+            "SELECT seq, hash FROM audit_records WHERE seq IS NOT NULL AND ts < $1 AND ($2 IS NULL OR seq < $2) \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(before)
+        .bind(stop)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?;
+        let Some(last) = last else {
+            return Ok(0);
+        };
+        let (last_seq, last_hash): (i64, String) = (
+            last.try_get("seq").map_err(err)?,
+            last.try_get("hash").map_err(err)?,
+        );
+        let deleted = sqlx::query("DELETE FROM audit_records WHERE seq IS NOT NULL AND seq <= $1")
+            .bind(last_seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected();
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (created_at, last_seq, last_hash, pruned_before, pruned_count) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(now_ts())
+        .bind(last_seq)
+        .bind(&last_hash)
+        .bind(before)
+        .bind(deleted as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(deleted)
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}
+
+fn decode(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
+    let outcome: String = row.try_get("outcome")?;
+    Ok(AuditRecord {
+        id: row.try_get("id")?,
+        ts: row.try_get("ts")?,
+        client: row.try_get("client")?,
+        role: row.try_get("role")?,
+        method: row.try_get("method")?,
+        path: row.try_get("path")?,
+        query: row.try_get("query")?,
+        request_id: row.try_get("request_id")?,
+        trace_id: row.try_get("trace_id")?,
+        client_ip: row.try_get("client_ip")?,
+        request_body: row.try_get("request_body")?,
+        status: row.try_get("status")?,
+        outcome: Outcome::parse(&outcome).unwrap_or(Outcome::GatewayError),
+        response_body: row.try_get("response_body")?,
+        duration_ms: row.try_get("duration_ms")?,
+        upstream_ms: row.try_get("upstream_ms")?,
+        seq: row.try_get("seq")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+/// `sqlite://PATH` with the file and its directory created on first start.
+fn sqlite_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" {
+        return Err(
+            "audit.database_url must name a SQLite file, e.g. sqlite://data/audit.db".into(),
+        );
+    }
+    if let Some(dir) = Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the audit directory {}: {e}", dir.display()))?;
+    }
+    let separator = if rest.contains('?') { '&' } else { '?' };
+    Ok(format!("sqlite://{rest}{separator}mode=rwc"))
+}

@@ -1,0 +1,156 @@
+//! The single writer of the audit store: group commit. Records waiting to be written are taken
+//! together into one transaction, so durability costs one commit (one fsync) per batch, not per
+//! call; chain appends happen here, in order. While the store cannot be opened, every write is
+//! answered with the reason and the writer retries in the background.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::record::AuditRecord;
+use super::store::Store;
+
+/// Most records taken into one transaction.
+const MAX_BATCH: usize = 512;
+/// How often a writer without a store tries to open it again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+pub enum Op {
+    /// Insert a pending record; the reply is its id once committed.
+    Begin {
+        record: AuditRecord,
+        reply: oneshot::Sender<Result<i64, String>>,
+    },
+    /// Write the final fields and append to the chain (inserting first when `record.id` is 0).
+    Finish {
+        record: AuditRecord,
+        reply: Option<oneshot::Sender<Result<(), String>>>,
+    },
+    /// Replies once everything sent before it is committed.
+    Flush { reply: oneshot::Sender<()> },
+}
+
+/// Whether the store can be written, and why not.
+pub type Health = Arc<RwLock<Result<(), String>>>;
+
+pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
+    let mut store = open(&url, &health).await;
+    loop {
+        let first = match store {
+            Some(_) => ops.recv().await,
+            None => match tokio::time::timeout(RETRY_EVERY, ops.recv()).await {
+                Ok(op) => op,
+                Err(_) => {
+                    store = open(&url, &health).await;
+                    continue;
+                }
+            },
+        };
+        let Some(first) = first else { break };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if store.is_none() {
+            store = open(&url, &health).await;
+        }
+        let result = match &store {
+            Some(s) => write(s, &mut batch)
+                .await
+                .map_err(|e| format!("the audit store could not be written: {e}")),
+            None => Err(health
+                .read()
+                .expect("health lock")
+                .clone()
+                .err()
+                .unwrap_or_default()),
+        };
+        if let Err(reason) = &result {
+            tracing::error!(%reason, records = batch.len(), "audit write failed");
+            *health.write().expect("health lock") = Err(reason.clone());
+            store = None;
+        }
+        reply(batch, result);
+    }
+}
+
+async fn open(url: &str, health: &Health) -> Option<Store> {
+    match Store::open(url).await {
+        Ok(store) => {
+            let was_down = health.read().expect("health lock").is_err();
+            *health.write().expect("health lock") = Ok(());
+            if was_down {
+                tracing::info!("the audit store is writable again");
+            }
+            Some(store)
+        }
+        Err(reason) => {
+            let mut current = health.write().expect("health lock");
+            if current.as_ref().err() != Some(&reason) {
+                tracing::error!(%reason, "the audit store cannot be opened; mutating calls are refused (fail closed) until it can");
+            }
+            *current = Err(reason);
+            None
+        }
+    }
+}
+
+/// Writes the batch in one transaction; ids and chain positions are filled into the ops.
+async fn write(store: &Store, batch: &mut [Op]) -> Result<(), sqlx::Error> {
+    let mut tx = store.begin().await?;
+    let mut head: Option<(i64, String)> = None;
+    for op in batch.iter_mut() {
+        match op {
+            Op::Begin { record, .. } => {
+                record.id = Store::insert(&mut tx, record).await?;
+            }
+            Op::Finish { record, .. } => {
+                if record.id == 0 {
+                    record.id = Store::insert(&mut tx, record).await?;
+                }
+                let (seq, prev) = match head.take() {
+                    Some(h) => h,
+                    None => Store::head(&mut tx).await?,
+                };
+                record.seq = Some(seq + 1);
+                let hash = record.chain_hash(&prev);
+                record.prev_hash = Some(prev);
+                record.hash = Some(hash.clone());
+                Store::finalise(&mut tx, record).await?;
+                head = Some((seq + 1, hash));
+            }
+            Op::Flush { .. } => {}
+        }
+    }
+    tx.commit().await
+}
+
+fn reply(batch: Vec<Op>, result: Result<(), String>) {
+    for op in batch {
+        match op {
+            Op::Begin { record, reply } => {
+                let _ = reply.send(result.clone().map(|_| record.id));
+            }
+            Op::Finish {
+                reply: Some(reply), ..
+            } => {
+                let _ = reply.send(result.clone());
+            }
+            Op::Finish {
+                reply: None,
+                record,
+            } => {
+                if result.is_err() {
+                    tracing::error!(request_id = %record.request_id, "an audit record could not be finalised; it stays pending");
+                }
+            }
+            Op::Flush { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
