@@ -199,11 +199,32 @@ async fn accept_loop(
     }
 }
 
-/// Tasks that live as long as the server: the cache invalidation listener (with Redis).
+/// Tasks that live as long as the server: the cache invalidation listener (with Redis) and the
+/// audit retention pruning (with `audit.retention_days`).
 fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     if let Some(bus) = gateway.cache.bus() {
         tasks.push(bus.spawn_listener(Arc::downgrade(&gateway.cache)));
+    }
+    let retention_days = gateway.config.audit.retention_days;
+    if gateway.audit.enabled() && retention_days > 0 {
+        let gateway = gateway.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                every_hour.tick().await;
+                let before = chrono::Utc::now() - chrono::Duration::days(retention_days as i64);
+                let before = before.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+                match gateway.audit.reader().await {
+                    Ok(store) => match store.prune(&before).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(pruned = n, %before, "audit retention: records pruned, checkpoint written"),
+                        Err(reason) => tracing::error!(%reason, "audit retention pruning failed"),
+                    },
+                    Err(reason) => tracing::error!(%reason, "audit retention pruning failed"),
+                }
+            }
+        }));
     }
     tasks
 }

@@ -5,7 +5,13 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use std::collections::HashMap;
+
 use crate::app::{self, Gateway};
+use crate::audit::query::{Filter, Format, csv_line, parse_time, table_line};
+use crate::audit::reconcile::reconcile;
+use crate::audit::store::Store;
+use crate::upstream::Upstream;
 use crate::clients::{Role, generate_key, sha256};
 use crate::config::{ClientConfig, Config, Credentials, Source};
 use crate::sandbox::{Sandbox, SandboxOptions};
@@ -42,6 +48,58 @@ pub enum Command {
     CheckConfig {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
+    },
+    /// Create or update the audit store's tables (serve does this at start too).
+    Migrate {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Query, verify and reconcile the audit log.
+    Audit {
+        #[arg(long, value_name = "PATH", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Records matching the filters, oldest first.
+    Query {
+        #[arg(long)]
+        client: Option<String>,
+        #[arg(long)]
+        method: Option<String>,
+        #[arg(long)]
+        path_prefix: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        outcome: Option<String>,
+        /// RFC 3339 or epoch seconds (inclusive).
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339 or epoch seconds (exclusive).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        request_id: Option<String>,
+        #[arg(long)]
+        limit: Option<String>,
+        #[arg(long)]
+        cursor: Option<String>,
+        /// table | json | csv
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Walk the hash chain; exit 1 at the first broken record.
+    Verify,
+    /// List changes in Contabo's own audit whose request id has no gateway record; exit 2 if any.
+    Reconcile {
+        /// RFC 3339 or epoch seconds.
+        #[arg(long)]
+        since: String,
     },
 }
 
@@ -86,6 +144,113 @@ pub fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::CheckConfig { config } => check_config(config),
+        Command::Migrate { config } => block_on(migrate(config)),
+        Command::Audit { config, command } => block_on(audit(config, command)),
+    }
+}
+
+fn block_on<F: std::future::Future<Output = Result<(), String>>>(future: F) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .block_on(future)
+}
+
+async fn open_store(config: &Config) -> Result<Store, String> {
+    Store::open(&config.audit.database_url).await
+}
+
+async fn migrate(path: Option<PathBuf>) -> Result<(), String> {
+    let (config, _) = load_valid(path)?;
+    open_store(&config).await?;
+    println!("audit store migrated ({})", redact_url(&config.audit.database_url));
+    Ok(())
+}
+
+/// A database URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<(), String> {
+    let (config, _) = load_valid(path)?;
+    let store = open_store(&config).await?;
+    match command {
+        AuditCommand::Query {
+            client, method, path_prefix, status, outcome, since, until, request_id, limit, cursor, format,
+        } => {
+            let params: HashMap<String, String> = [
+                ("client", client), ("method", method), ("path_prefix", path_prefix), ("status", status),
+                ("outcome", outcome), ("since", since), ("until", until), ("request_id", request_id),
+                ("limit", limit), ("cursor", cursor), ("format", Some(format)),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+            .collect();
+            let (filter, format) = Filter::from_params(&params, false)?;
+            if format == Format::Ndjson {
+                return Err("--format must be table, json or csv".into());
+            }
+            let records = store.page(&filter).await?;
+            let shown = match filter.limit {
+                Some(limit) => &records[..records.len().min(limit as usize)],
+                None => &records[..],
+            };
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(shown).unwrap_or_default()),
+                Format::Csv => print!("{}", String::from_utf8_lossy(&csv_line(shown, true))),
+                _ => {
+                    for record in shown {
+                        println!("{}", table_line(record));
+                    }
+                }
+            }
+            if let (Some(limit), Some(last)) = (filter.limit, shown.last()) {
+                if records.len() as i64 > limit {
+                    eprintln!("more records follow: --cursor {}", last.id);
+                }
+            }
+            Ok(())
+        }
+        AuditCommand::Verify => {
+            let report = store.verify().await?;
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            match report.first_broken_id {
+                None => Ok(()),
+                Some(id) => Err(format!(
+                    "the audit chain is broken at record {id}: {}",
+                    report.reason.unwrap_or_default()
+                )),
+            }
+        }
+        AuditCommand::Reconcile { since } => {
+            let since = parse_time("--since", &since)?;
+            let upstream = Upstream::new(&config.upstream, Credentials::from_env()?, 1)?;
+            let report = reconcile(&upstream, &store, &since).await?;
+            for (endpoint, reason) in &report.skipped {
+                eprintln!("skipped {endpoint}: {reason}");
+            }
+            for u in &report.unmatched {
+                println!("{}  {:<8} {:<40} requestId={} changedBy={}", u.timestamp, u.action, u.endpoint, u.request_id, u.changed_by);
+            }
+            eprintln!(
+                "{} changes in Contabo's audit since {since}; {} without a gateway record",
+                report.checked,
+                report.unmatched.len()
+            );
+            if report.unmatched.is_empty() {
+                Ok(())
+            } else {
+                std::process::exit(2);
+            }
+        }
     }
 }
 

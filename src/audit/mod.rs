@@ -7,6 +7,7 @@
 //! `audit.fail_open`. Secrets in bodies are redacted; credentials are never stored.
 
 pub mod query;
+pub mod reconcile;
 pub mod record;
 pub mod store;
 mod writer;
