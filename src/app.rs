@@ -64,6 +64,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/_gateway/health", get(admin::health))
         .route("/_gateway/ready", get(admin::ready))
         .route("/_gateway/status", get(admin::status))
+        .route("/_gateway/audit", get(admin::audit_query))
+        .route("/_gateway/audit/verify", get(admin::audit_verify))
         .route(
             "/_gateway/cache",
             get(admin::cache_stats).delete(admin::cache_purge),

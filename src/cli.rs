@@ -11,10 +11,10 @@ use crate::app::{self, Gateway};
 use crate::audit::query::{Filter, Format, csv_line, parse_time, table_line};
 use crate::audit::reconcile::reconcile;
 use crate::audit::store::Store;
-use crate::upstream::Upstream;
 use crate::clients::{Role, generate_key, sha256};
 use crate::config::{ClientConfig, Config, Credentials, Source};
 use crate::sandbox::{Sandbox, SandboxOptions};
+use crate::upstream::Upstream;
 use crate::{shutdown, telemetry};
 
 #[derive(Debug, Parser)]
@@ -28,6 +28,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run: the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
@@ -63,6 +65,7 @@ pub enum Command {
     },
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Records matching the filters, oldest first.
@@ -164,7 +167,10 @@ async fn open_store(config: &Config) -> Result<Store, String> {
 async fn migrate(path: Option<PathBuf>) -> Result<(), String> {
     let (config, _) = load_valid(path)?;
     open_store(&config).await?;
-    println!("audit store migrated ({})", redact_url(&config.audit.database_url));
+    println!(
+        "audit store migrated ({})",
+        redact_url(&config.audit.database_url)
+    );
     Ok(())
 }
 
@@ -184,12 +190,30 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<(), Strin
     let store = open_store(&config).await?;
     match command {
         AuditCommand::Query {
-            client, method, path_prefix, status, outcome, since, until, request_id, limit, cursor, format,
+            client,
+            method,
+            path_prefix,
+            status,
+            outcome,
+            since,
+            until,
+            request_id,
+            limit,
+            cursor,
+            format,
         } => {
             let params: HashMap<String, String> = [
-                ("client", client), ("method", method), ("path_prefix", path_prefix), ("status", status),
-                ("outcome", outcome), ("since", since), ("until", until), ("request_id", request_id),
-                ("limit", limit), ("cursor", cursor), ("format", Some(format)),
+                ("client", client),
+                ("method", method),
+                ("path_prefix", path_prefix),
+                ("status", status),
+                ("outcome", outcome),
+                ("since", since),
+                ("until", until),
+                ("request_id", request_id),
+                ("limit", limit),
+                ("cursor", cursor),
+                ("format", Some(format)),
             ]
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
@@ -204,7 +228,10 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<(), Strin
                 None => &records[..],
             };
             match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(shown).unwrap_or_default()),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(shown).unwrap_or_default()
+                ),
                 Format::Csv => print!("{}", String::from_utf8_lossy(&csv_line(shown, true))),
                 _ => {
                     for record in shown {
@@ -212,16 +239,19 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<(), Strin
                     }
                 }
             }
-            if let (Some(limit), Some(last)) = (filter.limit, shown.last()) {
-                if records.len() as i64 > limit {
-                    eprintln!("more records follow: --cursor {}", last.id);
-                }
+            if let (Some(limit), Some(last)) = (filter.limit, shown.last())
+                && records.len() as i64 > limit
+            {
+                eprintln!("more records follow: --cursor {}", last.id);
             }
             Ok(())
         }
         AuditCommand::Verify => {
             let report = store.verify().await?;
-            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
             match report.first_broken_id {
                 None => Ok(()),
                 Some(id) => Err(format!(
@@ -238,7 +268,10 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<(), Strin
                 eprintln!("skipped {endpoint}: {reason}");
             }
             for u in &report.unmatched {
-                println!("{}  {:<8} {:<40} requestId={} changedBy={}", u.timestamp, u.action, u.endpoint, u.request_id, u.changed_by);
+                println!(
+                    "{}  {:<8} {:<40} requestId={} changedBy={}",
+                    u.timestamp, u.action, u.endpoint, u.request_id, u.changed_by
+                );
             }
             eprintln!(
                 "{} changes in Contabo's audit since {since}; {} without a gateway record",

@@ -133,7 +133,7 @@ impl Filter {
         if let Some(v) = &self.path_prefix {
             push(
                 &mut sql,
-                " AND substr(path, 1, ?",
+                " AND substr(path, 1, CAST(? AS INTEGER)",
                 Bind::Int(v.len() as i64),
             );
             push(&mut sql, ") = ?", Bind::Text(v.clone()));
@@ -295,7 +295,7 @@ mod tests {
         let (sql, binds) = filter.to_sql("id");
         assert!(
             sql.contains("client = $1")
-                && sql.contains("substr(path, 1, $2) = $3")
+                && sql.contains("substr(path, 1, CAST($2 AS INTEGER)) = $3")
                 && sql.ends_with("LIMIT $4"),
             "{sql}"
         );

@@ -74,7 +74,9 @@ pub async fn reconcile(upstream: &Upstream, store: &Store, since: &str) -> Resul
                 .map_err(|e| e.to_string())?;
             let status = response.status();
             if !status.is_success() {
-                report.skipped.push((endpoint.to_string(), format!("upstream answered {status}")));
+                report
+                    .skipped
+                    .push((endpoint.to_string(), format!("upstream answered {status}")));
                 break;
             }
             let body: serde_json::Value = response

@@ -1,0 +1,852 @@
+//! The audit log, the same suite on SQLite (always) and PostgreSQL (with GATEWAY_TEST_POSTGRES_URL,
+//! e.g. postgres://postgres@127.0.0.1:5432/test; .ci/run sets it). Each Postgres test works in a
+//! schema of its own.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestGateway, announce_skip, http, json, start_with};
+use contabo_gateway::audit::store::Store;
+use contabo_gateway::sandbox::SandboxOptions;
+use reqwest::Method;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty audit database of `backend`, or None (announced) when it is not available.
+async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<String> {
+    match backend {
+        Backend::Sqlite => Some(format!(
+            "sqlite://{}/audit-{}.db",
+            dir.display(),
+            uuid::Uuid::new_v4()
+        )),
+        Backend::Postgres => {
+            let Some(url) = std::env::var("GATEWAY_TEST_POSTGRES_URL")
+                .ok()
+                .filter(|u| !u.is_empty())
+            else {
+                announce_skip(
+                    "the PostgreSQL audit tests",
+                    "GATEWAY_TEST_POSTGRES_URL is not set",
+                );
+                return None;
+            };
+            sqlx::any::install_default_drivers();
+            let schema = format!("audit_test_{}", uuid::Uuid::new_v4().simple());
+            let pool = sqlx::AnyPool::connect(&url)
+                .await
+                .expect("the test PostgreSQL answers");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                .execute(&pool)
+                .await
+                .unwrap();
+            let separator = if url.contains('?') { '&' } else { '?' };
+            Some(format!(
+                "{url}{separator}options=-c%20search_path%3D{schema}"
+            ))
+        }
+    }
+}
+
+async fn gateway(
+    backend: Backend,
+    tweak: impl FnOnce(&mut contabo_gateway::config::Config),
+) -> Option<(TestGateway, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(backend, dir.path()).await?;
+    let db = url.clone();
+    let gw = start_with(SandboxOptions::default(), move |c| {
+        c.audit.database_url = db;
+        tweak(c);
+    })
+    .await;
+    wait_ready(&gw).await;
+    std::mem::forget(dir);
+    Some((gw, url))
+}
+
+async fn wait_ready(gw: &TestGateway) {
+    for _ in 0..100 {
+        if gw.gateway.audit.health().is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the audit store never became writable: {:?}",
+        gw.gateway.audit.health()
+    );
+}
+
+async fn records(gw: &TestGateway, query: &str) -> serde_json::Value {
+    gw.gateway.audit.flush().await;
+    let response = http()
+        .get(format!("{}/_gateway/audit?{query}", gw.url))
+        .bearer_auth(&gw.keys.auditor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{query}");
+    json(response).await
+}
+
+fn owner_id(gw: &TestGateway) -> String {
+    gw.sandbox()
+        .data
+        .lock()
+        .unwrap()
+        .users
+        .keys()
+        .next()
+        .unwrap()
+        .clone()
+}
+
+async fn send(
+    gw: &TestGateway,
+    method: Method,
+    path: &str,
+    key: &str,
+    body: Option<serde_json::Value>,
+    request_id: &str,
+) -> u16 {
+    let mut request = gw
+        .request(method, path, key)
+        .header("x-request-id", request_id);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+fn rid(n: u32) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    every_mutating_call_is_audited_with_its_client_and_request_id,
+    refused_calls_are_recorded_as_rejected,
+    secrets_are_never_stored,
+    filters_pagination_and_formats,
+    verify_passes_and_finds_a_tampered_row,
+    an_unwritable_store_refuses_mutating_calls_and_recovers,
+    reconcile_finds_a_change_made_around_the_gateway,
+);
+
+async fn every_mutating_call_is_audited_with_its_client_and_request_id(backend: Backend) {
+    let Some((gw, _)) = gateway(backend, |_| {}).await else {
+        return;
+    };
+    let user = owner_id(&gw);
+    assert_eq!(
+        send(
+            &gw,
+            Method::POST,
+            "/v1/compute/instances",
+            &gw.keys.operator,
+            Some(serde_json::json!({"period": 1})),
+            &rid(1)
+        )
+        .await,
+        201
+    );
+    assert_eq!(
+        send(
+            &gw,
+            Method::PATCH,
+            &format!("/v1/users/{user}"),
+            &gw.keys.admin,
+            Some(serde_json::json!({"firstName": "A"})),
+            &rid(2)
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        send(
+            &gw,
+            Method::POST,
+            "/v1/roles",
+            &gw.keys.admin,
+            Some(serde_json::json!({"name": "r", "admin": false, "accessAllResources": true})),
+            &rid(3)
+        )
+        .await,
+        201
+    );
+    let role_id = *gw
+        .sandbox()
+        .data
+        .lock()
+        .unwrap()
+        .roles
+        .keys()
+        .next()
+        .unwrap();
+    assert_eq!(
+        send(
+            &gw,
+            Method::PUT,
+            &format!("/v1/roles/{role_id}"),
+            &gw.keys.admin,
+            Some(serde_json::json!({"name": "r2", "admin": false, "accessAllResources": true})),
+            &rid(4)
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        send(
+            &gw,
+            Method::DELETE,
+            &format!("/v1/users/{user}"),
+            &gw.keys.admin,
+            None,
+            &rid(5)
+        )
+        .await,
+        204
+    );
+    assert_eq!(
+        send(
+            &gw,
+            Method::GET,
+            "/v1/compute/instances",
+            &gw.keys.admin,
+            None,
+            &rid(6)
+        )
+        .await,
+        200
+    );
+    let all = records(&gw, "").await;
+    let rows = all["records"].as_array().unwrap();
+    let summary: Vec<(String, String, String, i64, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["method"].as_str().unwrap().into(),
+                r["client"].as_str().unwrap().into(),
+                r["request_id"].as_str().unwrap().into(),
+                r["status"].as_i64().unwrap(),
+                r["outcome"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "POST".into(),
+                "team-operator".into(),
+                rid(1),
+                201,
+                "forwarded".into()
+            ),
+            (
+                "PATCH".into(),
+                "team-admin".into(),
+                rid(2),
+                200,
+                "forwarded".into()
+            ),
+            (
+                "POST".into(),
+                "team-admin".into(),
+                rid(3),
+                201,
+                "forwarded".into()
+            ),
+            (
+                "PUT".into(),
+                "team-admin".into(),
+                rid(4),
+                200,
+                "forwarded".into()
+            ),
+            (
+                "DELETE".into(),
+                "team-admin".into(),
+                rid(5),
+                204,
+                "forwarded".into()
+            ),
+        ],
+        "GETs are not audited"
+    );
+    let first = &rows[0];
+    assert_eq!(first["path"], "/v1/compute/instances");
+    assert_eq!(first["role"], "operator");
+    assert_eq!(first["client_ip"], "127.0.0.1");
+    assert!(
+        first["request_body"]
+            .as_str()
+            .unwrap()
+            .contains("\"period\":1")
+    );
+    assert!(
+        first["response_body"]
+            .as_str()
+            .unwrap()
+            .contains("instanceId")
+    );
+    assert!(
+        first["ts"].as_str().unwrap().ends_with('Z') && first["ts"].as_str().unwrap().len() == 24
+    );
+    assert!(first["duration_ms"].as_f64().unwrap() >= first["upstream_ms"].as_f64().unwrap());
+    assert_eq!(first["seq"], 1);
+}
+
+async fn refused_calls_are_recorded_as_rejected(backend: Backend) {
+    let Some((gw, _)) = gateway(backend, |c| c.server.max_body_bytes = 512).await else {
+        return;
+    };
+    assert_eq!(
+        send(
+            &gw,
+            Method::POST,
+            "/v1/compute/instances",
+            &gw.keys.readonly,
+            Some(serde_json::json!({"period": 1})),
+            &rid(1)
+        )
+        .await,
+        403
+    );
+    let big = serde_json::json!({"userData": "x".repeat(600)});
+    assert_eq!(
+        send(
+            &gw,
+            Method::POST,
+            "/v1/compute/instances",
+            &gw.keys.operator,
+            Some(big),
+            &rid(2)
+        )
+        .await,
+        413
+    );
+    assert_eq!(
+        send(
+            &gw,
+            Method::POST,
+            "/v1/compute/instances",
+            "unknown-key",
+            None,
+            &rid(3)
+        )
+        .await,
+        401
+    );
+    assert!(gw.sandbox().recorded().is_empty());
+    let rows = records(&gw, "outcome=rejected").await;
+    let rows = rows["records"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        2,
+        "the unidentified caller is not audited: {rows:?}"
+    );
+    assert_eq!(
+        (rows[0]["client"].as_str(), rows[0]["status"].as_i64()),
+        (Some("team-readonly"), Some(403))
+    );
+    assert!(
+        rows[0]["response_body"]
+            .as_str()
+            .unwrap()
+            .contains("forbidden")
+    );
+    assert_eq!(
+        (rows[1]["client"].as_str(), rows[1]["status"].as_i64()),
+        (Some("team-operator"), Some(413))
+    );
+    assert_eq!(rows[1]["upstream_ms"], serde_json::Value::Null);
+}
+
+async fn secrets_are_never_stored(backend: Backend) {
+    let Some((gw, url)) = gateway(backend, |_| {}).await else {
+        return;
+    };
+    let body = serde_json::json!({"email": "a@example.com", "enabled": true, "totp": false, "locale": "en",
+        "Password": "hunter2-secret", "nested": [{"rootPassword": "root-pw-secret", "token": "tok-secret"}]});
+    send(
+        &gw,
+        Method::POST,
+        "/v1/users",
+        &gw.keys.admin,
+        Some(body),
+        &rid(1),
+    )
+    .await;
+    let rotated = gw
+        .request(Method::PUT, "/v1/users/client/secret", &gw.keys.admin)
+        .send()
+        .await
+        .unwrap();
+    let new_secret = json(rotated).await["data"][0]["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    gw.gateway.audit.flush().await;
+    let store = Store::open(&url).await.unwrap();
+    let dump: Vec<String> = store
+        .page(&Default::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    assert_eq!(dump.len(), 2);
+    let dump = dump.join("\n");
+    for secret in [
+        "hunter2-secret",
+        "root-pw-secret",
+        "tok-secret",
+        new_secret.as_str(),
+        gw.keys.admin.as_str(),
+    ] {
+        assert!(!dump.contains(secret), "{secret} was stored");
+    }
+    assert!(dump.contains("[REDACTED]"));
+}
+
+async fn filters_pagination_and_formats(backend: Backend) {
+    let Some((gw, _)) = gateway(backend, |_| {}).await else {
+        return;
+    };
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    for n in 1..=5 {
+        let key = if n % 2 == 0 {
+            &gw.keys.admin
+        } else {
+            &gw.keys.operator
+        };
+        send(
+            &gw,
+            Method::POST,
+            "/v1/compute/instances",
+            key,
+            Some(serde_json::json!({"period": n})),
+            &rid(n),
+        )
+        .await;
+    }
+    send(
+        &gw,
+        Method::PATCH,
+        &format!("/v1/users/{}", owner_id(&gw)),
+        &gw.keys.admin,
+        Some(serde_json::json!({"firstName": "Z"})),
+        &rid(6),
+    )
+    .await;
+    send(
+        &gw,
+        Method::PATCH,
+        "/v1/users/nobody",
+        &gw.keys.admin,
+        Some(serde_json::json!({"firstName": "Z"})),
+        &rid(7),
+    )
+    .await;
+    let count = |v: serde_json::Value| v["records"].as_array().unwrap().len();
+    assert_eq!(count(records(&gw, "client=team-operator").await), 3);
+    assert_eq!(count(records(&gw, "method=patch").await), 2);
+    assert_eq!(count(records(&gw, "path_prefix=/v1/users").await), 2);
+    assert_eq!(count(records(&gw, "status=404").await), 1);
+    assert_eq!(count(records(&gw, "outcome=forwarded").await), 7);
+    assert_eq!(
+        count(records(&gw, &format!("request_id={}", rid(3))).await),
+        1
+    );
+    let since = before.timestamp();
+    assert_eq!(count(records(&gw, &format!("since={since}")).await), 7);
+    assert_eq!(count(records(&gw, &format!("until={since}")).await), 0);
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    assert_eq!(
+        count(records(&gw, &format!("since={}", later.replace('+', "%2B"))).await),
+        0
+    );
+
+    // Cursor pagination walks everything exactly once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = records(
+            &gw,
+            &format!(
+                "limit=3{}",
+                cursor
+                    .as_ref()
+                    .map(|c| format!("&cursor={c}"))
+                    .unwrap_or_default()
+            ),
+        )
+        .await;
+        seen.extend(
+            page["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_i64().unwrap()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 7);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+
+    let csv = http()
+        .get(format!(
+            "{}/_gateway/audit?format=csv&client=team-admin",
+            gw.url
+        ))
+        .bearer_auth(&gw.keys.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv");
+    let text = csv.text().await.unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    assert_eq!(reader.headers().unwrap().get(0), Some("id"));
+    assert_eq!(reader.records().count(), 4);
+    let nd = http()
+        .get(format!("{}/_gateway/audit?format=ndjson", gw.url))
+        .bearer_auth(&gw.keys.auditor)
+        .send()
+        .await
+        .unwrap();
+    let lines: Vec<serde_json::Value> = nd
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 7);
+
+    for (query, needle) in [
+        ("since=yesterday", "RFC 3339"),
+        ("limit=0", "1 to 1000"),
+        ("format=xml", "json, csv or ndjson"),
+        ("status=x", "HTTP status"),
+    ] {
+        let response = http()
+            .get(format!("{}/_gateway/audit?{query}", gw.url))
+            .bearer_auth(&gw.keys.auditor)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        let body = json(response).await;
+        assert!(
+            body["message"].as_str().unwrap().contains(needle),
+            "{query}: {body}"
+        );
+    }
+    let forbidden = http()
+        .get(format!("{}/_gateway/audit", gw.url))
+        .bearer_auth(&gw.keys.operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), 403);
+}
+
+async fn verify_passes_and_finds_a_tampered_row(backend: Backend) {
+    let Some((gw, url)) = gateway(backend, |_| {}).await else {
+        return;
+    };
+    for n in 1..=4 {
+        send(
+            &gw,
+            Method::POST,
+            "/v1/compute/instances",
+            &gw.keys.operator,
+            Some(serde_json::json!({"period": n})),
+            &rid(n),
+        )
+        .await;
+    }
+    gw.gateway.audit.flush().await;
+    let verify = || {
+        http()
+            .get(format!("{}/_gateway/audit/verify", gw.url))
+            .bearer_auth(&gw.keys.auditor)
+            .send()
+    };
+    let ok = verify().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let report = json(ok).await;
+    assert_eq!(
+        (report["ok"].as_bool(), report["checked"].as_u64()),
+        (Some(true), Some(4))
+    );
+    let store = Store::open(&url).await.unwrap();
+    let third = store.page(&Default::default()).await.unwrap()[2].id;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE audit_records SET status = 299 WHERE id = {third}"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let broken = verify().await.unwrap();
+    assert_eq!(broken.status(), 409);
+    let report = json(broken).await;
+    assert_eq!(report["first_broken_id"], third);
+    assert_eq!(report["ok"], false);
+}
+
+async fn an_unwritable_store_refuses_mutating_calls_and_recovers(backend: Backend) {
+    let Some((gw, url)) = gateway(backend, |_| {}).await else {
+        return;
+    };
+    let store = Store::open(&url).await.unwrap();
+    let (block, unblock): (&[&str], &[&str]) = match backend {
+        Backend::Sqlite => (
+            &[
+                "CREATE TRIGGER block_audit BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'store unwritable'); END",
+            ],
+            &["DROP TRIGGER block_audit"],
+        ),
+        Backend::Postgres => (
+            &[
+                "CREATE FUNCTION block_audit() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'store unwritable'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER block_audit BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION block_audit()",
+            ],
+            &["DROP TRIGGER block_audit ON audit_records"],
+        ),
+    };
+    for sql in block {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    let response = gw
+        .request(Method::POST, "/v1/compute/instances", &gw.keys.operator)
+        .json(&serde_json::json!({"period": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body = json(response).await;
+    assert_eq!(body["error"], "audit_unavailable");
+    assert!(
+        gw.sandbox().recorded().is_empty(),
+        "a call that could not be audited reached upstream"
+    );
+    let ready = http()
+        .get(format!("{}/_gateway/ready", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(
+        json(ready).await["checks"]["audit"]
+            .as_str()
+            .unwrap()
+            .contains("audit")
+    );
+    // Reads are still served.
+    assert_eq!(
+        gw.get("/v1/compute/instances", &gw.keys.readonly)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    for sql in unblock {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    let mut recovered = false;
+    for _ in 0..60 {
+        let status = send(
+            &gw,
+            Method::POST,
+            "/v1/compute/instances",
+            &gw.keys.operator,
+            Some(serde_json::json!({"period": 1})),
+            &rid(9),
+        )
+        .await;
+        if status == 201 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "mutating calls work again once the store is writable"
+    );
+    assert_eq!(
+        http()
+            .get(format!("{}/_gateway/ready", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+async fn reconcile_finds_a_change_made_around_the_gateway(backend: Backend) {
+    let Some((gw, url)) = gateway(backend, |_| {}).await else {
+        return;
+    };
+    let since = contabo_gateway::audit::record::now_ts();
+    let user = owner_id(&gw);
+    send(
+        &gw,
+        Method::PATCH,
+        &format!("/v1/users/{user}"),
+        &gw.keys.admin,
+        Some(serde_json::json!({"firstName": "ViaGateway"})),
+        &rid(1),
+    )
+    .await;
+    // A change made directly against "Contabo", with a token of its own.
+    let (token, _) = gw.sandbox().issue_tokens();
+    let direct = http()
+        .patch(format!("{}/v1/users/{user}", gw.sandbox.api_url()))
+        .bearer_auth(token)
+        .header("x-request-id", rid(2))
+        .json(&serde_json::json!({"firstName": "AroundTheGateway"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200);
+    gw.gateway.audit.flush().await;
+    let store = Store::open(&url).await.unwrap();
+    let report = contabo_gateway::audit::reconcile::reconcile(&gw.gateway.upstream, &store, &since)
+        .await
+        .unwrap();
+    assert_eq!(report.checked, 2);
+    assert_eq!(report.unmatched.len(), 1, "{report:?}");
+    assert_eq!(report.unmatched[0].request_id, rid(2));
+    assert_eq!(report.unmatched[0].action, "UPDATED");
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_opened_keeps_reads_working_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("not-a-directory");
+    std::fs::write(&blocker, "a file where the audit directory should be").unwrap();
+    let url = format!("sqlite://{}/audit.db", blocker.display());
+    let gw = start_with(SandboxOptions::default(), |c| c.audit.database_url = url).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = http()
+        .get(format!("{}/_gateway/ready", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let reason = json(ready).await["checks"]["audit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("audit"), "{reason}");
+    assert_eq!(
+        gw.get("/v1/compute/instances", &gw.keys.readonly)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let post = gw
+        .request(Method::POST, "/v1/compute/instances", &gw.keys.operator)
+        .json(&serde_json::json!({"period": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 503);
+    assert!(gw.sandbox().recorded().iter().all(|r| r.method == "GET"));
+
+    std::fs::remove_file(&blocker).unwrap();
+    let mut ready = false;
+    for _ in 0..50 {
+        if http()
+            .get(format!("{}/_gateway/ready", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "readiness recovers once the store can be opened");
+    let post = gw
+        .request(Method::POST, "/v1/compute/instances", &gw.keys.operator)
+        .json(&serde_json::json!({"period": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 201);
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_postgres_keep_one_valid_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = fresh_database(Backend::Postgres, dir.path()).await else {
+        return;
+    };
+    let (a_url, b_url) = (url.clone(), url.clone());
+    let a = start_with(SandboxOptions::default(), move |c| {
+        c.audit.database_url = a_url
+    })
+    .await;
+    let b = start_with(SandboxOptions::default(), move |c| {
+        c.audit.database_url = b_url
+    })
+    .await;
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    let ids: Vec<String> = (0..40u32).map(rid).collect();
+    let calls = ids.iter().enumerate().map(|(n, id)| {
+        let gw = if n % 2 == 0 { &a } else { &b };
+        send(
+            gw,
+            Method::POST,
+            "/v1/compute/instances",
+            &gw.keys.operator,
+            Some(serde_json::json!({"period": n})),
+            id,
+        )
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 201));
+    a.gateway.audit.flush().await;
+    b.gateway.audit.flush().await;
+    let report = Store::open(&url).await.unwrap().verify().await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.checked, report.pending), (40, 0));
+}
