@@ -90,8 +90,8 @@ async fn a_write_through_one_replica_invalidates_the_other() {
     let channel = format!("test-invalidation-{}", uuid::Uuid::new_v4());
     let config =
         format!("[cache]\nredis_url = \"{redis_url}\"\nredis_channel = \"{channel}\"\n\n{block}");
-    let a = spawn_gateway_process(&sandbox, &config, dir.path());
-    let b = spawn_gateway_process(&sandbox, &config, dir.path());
+    let a = spawn_gateway_process(&sandbox, &config, dir.path(), None);
+    let b = spawn_gateway_process(&sandbox, &config, dir.path(), None);
     wait_for_redis(&a.url, &key, "connected").await;
     wait_for_redis(&b.url, &key, "connected").await;
 

@@ -167,7 +167,19 @@ pub const VALID_REQUEST_ID: &str = "04e0f898-37b4-48bc-a794-1a57abe6aa31";
 /// A gateway binary running as its own process (killed on drop).
 pub struct GatewayProcess {
     pub url: String,
-    child: std::process::Child,
+    pub child: std::process::Child,
+}
+
+impl GatewayProcess {
+    /// Sends SIGTERM (or SIGKILL) and waits for the exit status.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        self.child.wait().unwrap()
+    }
 }
 
 impl Drop for GatewayProcess {
@@ -182,6 +194,7 @@ pub fn spawn_gateway_process(
     sandbox: &Sandbox,
     config_toml: &str,
     dir: &std::path::Path,
+    database_url: Option<&str>,
 ) -> GatewayProcess {
     use std::io::BufRead;
     let path = dir.join(format!("gateway-{}.toml", uuid::Uuid::new_v4()));
@@ -193,11 +206,13 @@ pub fn spawn_gateway_process(
         .env("GATEWAY_LISTEN", "127.0.0.1:0")
         .env(
             "GATEWAY_DATABASE_URL",
-            format!(
-                "sqlite://{}/audit-{}.db",
-                dir.display(),
-                uuid::Uuid::new_v4()
-            ),
+            database_url.map(str::to_string).unwrap_or_else(|| {
+                format!(
+                    "sqlite://{}/audit-{}.db",
+                    dir.display(),
+                    uuid::Uuid::new_v4()
+                )
+            }),
         )
         .env("CONTABO_API_URL", sandbox.api_url())
         .env("CONTABO_AUTH_URL", sandbox.auth_url())
@@ -206,7 +221,6 @@ pub fn spawn_gateway_process(
         .env("CONTABO_API_USER", &credential.username)
         .env("CONTABO_API_PASSWORD", &credential.password)
         .env_remove("GATEWAY_REDIS_URL")
-        .env_remove("GATEWAY_DATABASE_URL")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

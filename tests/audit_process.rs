@@ -1,0 +1,192 @@
+//! The audit log with the real binary: a crash mid-call leaves a pending record, SIGTERM lets the
+//! call finish and its record be finalised, and the `migrate` and `audit` commands.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{admin_client_block, http, spawn_gateway_process};
+use contabo_gateway::audit::store::Store;
+use contabo_gateway::sandbox::{Sandbox, SandboxOptions};
+
+fn cli(args: &[&str], database_url: &str) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_contabo-gateway"))
+        .args(args)
+        .env("GATEWAY_DATABASE_URL", database_url)
+        .env_remove("GATEWAY_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn post(url: &str, key: &str, request_id: &str) -> reqwest::Response {
+    http()
+        .post(format!("{url}/v1/compute/instances"))
+        .bearer_auth(key)
+        .header("x-request-id", request_id)
+        .json(&serde_json::json!({"period": 1}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_crash_mid_call_leaves_a_pending_record() {
+    let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/audit.db", dir.path().display());
+    let (key, block) = admin_client_block("crash-test");
+    let mut gateway = spawn_gateway_process(&sandbox, &block, dir.path(), Some(&db));
+    assert_eq!(
+        post(&gateway.url, &key, "00000000-0000-4000-8000-000000000001")
+            .await
+            .status(),
+        201
+    );
+    sandbox.state.faults.delay_ms.store(3000, Ordering::SeqCst);
+    let url = gateway.url.clone();
+    let in_flight =
+        tokio::spawn(async move { post(&url, &key, "00000000-0000-4000-8000-000000000002").await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    gateway.signal_and_wait("-KILL");
+    assert!(
+        in_flight.await.is_err(),
+        "the killed gateway never answered the call in flight"
+    );
+    let records = Store::open(&db)
+        .await
+        .unwrap()
+        .page(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].outcome.as_str(), "forwarded");
+    assert_eq!(
+        records[1].outcome.as_str(),
+        "pending",
+        "the interrupted call is visible"
+    );
+    assert_eq!(
+        records[1].request_id,
+        "00000000-0000-4000-8000-000000000002"
+    );
+    assert!(records[1].seq.is_none());
+    let (ok, stdout, _) = cli(&["audit", "verify"], &db);
+    assert!(ok, "a pending record does not break the chain: {stdout}");
+    assert!(stdout.contains("\"pending\": 1"), "{stdout}");
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_call_finish_and_finalises_its_record() {
+    let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/audit.db", dir.path().display());
+    let (key, block) = admin_client_block("drain-test");
+    let mut gateway = spawn_gateway_process(&sandbox, &block, dir.path(), Some(&db));
+    assert_eq!(
+        http()
+            .get(format!("{}/v1/compute/instances", gateway.url))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    sandbox.state.faults.delay_ms.store(1000, Ordering::SeqCst);
+    let url = gateway.url.clone();
+    let in_flight =
+        tokio::spawn(async move { post(&url, &key, "00000000-0000-4000-8000-000000000003").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = tokio::task::spawn_blocking(move || gateway.signal_and_wait("-TERM"))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(in_flight.await.unwrap().status(), 201);
+    let records = Store::open(&db)
+        .await
+        .unwrap()
+        .page(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (records[0].outcome.as_str(), records[0].status),
+        ("forwarded", Some(201))
+    );
+    assert_eq!(records[0].seq, Some(1));
+}
+
+#[tokio::test]
+async fn migrate_query_and_verify_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/nested/dir/audit.db", dir.path().display());
+    let (ok, stdout, stderr) = cli(&["migrate"], &db);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("migrated"));
+    assert!(
+        dir.path().join("nested/dir/audit.db").exists(),
+        "the file and its directory are created"
+    );
+
+    let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let (key, block) = admin_client_block("cli-test");
+    let gateway = spawn_gateway_process(&sandbox, &block, dir.path(), Some(&db));
+    for n in 1..=3 {
+        post(
+            &gateway.url,
+            &key,
+            &format!("00000000-0000-4000-8000-00000000000{n}"),
+        )
+        .await;
+    }
+    drop(gateway);
+
+    let (ok, table, _) = cli(&["audit", "query", "--client", "cli-test"], &db);
+    assert!(ok);
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(table.contains("/v1/compute/instances") && table.contains("forwarded"));
+    let (ok, csv, _) = cli(
+        &[
+            "audit",
+            "query",
+            "--format",
+            "csv",
+            "--request-id",
+            "00000000-0000-4000-8000-000000000002",
+        ],
+        &db,
+    );
+    assert!(ok);
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    let (ok, json, stderr) = cli(&["audit", "query", "--format", "json", "--limit", "2"], &db);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(stderr.contains("--cursor"), "{stderr}");
+    let (ok, _, stderr) = cli(&["audit", "query", "--since", "last tuesday"], &db);
+    assert!(!ok && stderr.contains("RFC 3339"), "{stderr}");
+
+    let (ok, _, _) = cli(&["audit", "verify"], &db);
+    assert!(ok);
+    let store = Store::open(&db).await.unwrap();
+    sqlx::query("UPDATE audit_records SET client = 'someone-else' WHERE id = 2")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let (ok, _, stderr) = cli(&["audit", "verify"], &db);
+    assert!(!ok, "a tampered chain fails verification");
+    assert!(stderr.contains("broken at record 2"), "{stderr}");
+}
