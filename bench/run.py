@@ -147,8 +147,11 @@ http {{
 """
 
 
-def gateway_conf(port, upstream_port, key_digest):
+def gateway_conf(port, upstream_port, key_digest, audit_url=None):
+    audit = f'enabled = true\ndatabase_url = "{audit_url}"' if audit_url else "enabled = false"
     return f"""
+[audit]
+{audit}
 [server]
 listen = "127.0.0.1:{port}"
 [upstream]
@@ -165,6 +168,19 @@ role = "admin"
 per_second = 1000000
 burst = 1000000
 """
+
+
+def postgres_schema_url():
+    """A fresh schema in the PostgreSQL at BENCH_POSTGRES_URL (default: the local test database)."""
+    url = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+    schema = f"bench_{secrets.token_hex(6)}"
+    if not shutil.which("psql"):
+        return None
+    created = subprocess.run(["psql", url, "-q", "-c", f"CREATE SCHEMA {schema}"], capture_output=True)
+    if created.returncode != 0:
+        return None
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-c%20search_path%3D{schema}"
 
 
 def start(cmd, env=None, log=None):
@@ -232,9 +248,16 @@ def main():
     up_port, nginx_port, gw_port = free_port(), free_port(), free_port()
     key = secrets.token_urlsafe(32)
     digest = hashlib.sha256(key.encode()).hexdigest()
-    for name, text in (("upstream.conf", upstream_conf(work, up_port)),
-                       ("proxy.conf", nginx_proxy_conf(work, nginx_port, up_port)),
-                       ("gateway.toml", gateway_conf(gw_port, up_port, digest))):
+    audited = {"SQLite": f"sqlite://{work}/audit.db"}
+    pg = postgres_schema_url()
+    if pg:
+        audited["PostgreSQL"] = pg
+    audited_ports = {backend: free_port() for backend in audited}
+    configs = [("upstream.conf", upstream_conf(work, up_port)),
+               ("proxy.conf", nginx_proxy_conf(work, nginx_port, up_port)),
+               ("gateway.toml", gateway_conf(gw_port, up_port, digest))]
+    configs += [(f"gateway-{b}.toml", gateway_conf(audited_ports[b], up_port, digest, url)) for b, url in audited.items()]
+    for name, text in configs:
         with open(os.path.join(work, name), "w") as f:
             f.write(text)
     env = dict(os.environ, CONTABO_CLIENT_ID="bench", CONTABO_CLIENT_SECRET="bench",
@@ -248,7 +271,13 @@ def main():
         gateway = start([binary, "serve", "--config", os.path.join(work, "gateway.toml")], env=env,
                         log=open(os.path.join(work, "gateway.log"), "w"))
         procs.append(gateway)
+        for backend in audited:
+            procs.append(start([binary, "serve", "--config", os.path.join(work, f"gateway-{backend}.toml")], env=env,
+                               log=open(os.path.join(work, f"gateway-{backend}.log"), "w")))
         up, ng, gw = (f"http://127.0.0.1:{p}" for p in (up_port, nginx_port, gw_port))
+        audited_urls = {b: f"http://127.0.0.1:{p}" for b, p in audited_ports.items()}
+        for url in audited_urls.values():
+            wait_for(url + "/v1/compute/instances", {"Authorization": f"Bearer {key}"})
         wait_for(up + "/v1/compute/instances")
         wait_for(ng + "/v1/compute/instances")
         wait_for(gw + "/v1/compute/instances", {"Authorization": f"Bearer {key}"})
@@ -267,6 +296,17 @@ def main():
                     r = wrk(base + path, k, method, size, seconds=args.seconds, connections=args.connections)
                     results[(name, who)].append(r)
                     print(f"round {round_no + 1} {name:32} {who:8} {r['rps']:>10.0f} req/s  "
+                          f"p50 {ms(r['p50_us'])} ms  p99 {ms(r['p99_us'])} ms", flush=True)
+
+        audit_results = {b: {"audited": [], "plain": []} for b in audited_urls}
+        for round_no in range(args.rounds):
+            for backend, url in audited_urls.items():
+                order = (("audited", url), ("plain", gw)) if round_no % 2 == 0 else (("plain", gw), ("audited", url))
+                for kind, base in order:
+                    r = wrk(base + "/v1/compute/instances", key, "POST", 1024, seconds=args.seconds,
+                            connections=args.connections)
+                    audit_results[backend][kind].append(r)
+                    print(f"round {round_no + 1} audited POST ({backend}) {kind:8} {r['rps']:>10.0f} req/s  "
                           f"p50 {ms(r['p50_us'])} ms  p99 {ms(r['p99_us'])} ms", flush=True)
 
         latency = {}
@@ -298,6 +338,18 @@ def main():
         np50, np99 = (statistics.median(x[p] for x in n) for p in ("p50_us", "p99_us"))
         lines.append(f"| {name} | {grps:,.0f} | {nrps:,.0f} | {grps / nrps:.2f} | "
                      f"{ms(gp50)} / {ms(gp99)} | {ms(np50)} / {ms(np99)} |")
+    lines.append("")
+    lines.append("Audited POST (1 KiB JSON; every call commits a pending record before it is forwarded) "
+                 "against the same gateway with the audit log off:")
+    lines.append("")
+    lines.append("| store | audited req/s | un-audited req/s | ratio | audited p50 / p99 ms |")
+    lines.append("|---|---:|---:|---:|---:|")
+    for backend, rs in audit_results.items():
+        a, p = statistics.median(x["rps"] for x in rs["audited"]), statistics.median(x["rps"] for x in rs["plain"])
+        ap50, ap99 = (statistics.median(x[k] for x in rs["audited"]) for k in ("p50_us", "p99_us"))
+        lines.append(f"| {backend} | {a:,.0f} | {p:,.0f} | {a / p:.2f} | {ms(ap50)} / {ms(ap99)} |")
+    if "PostgreSQL" not in audit_results:
+        lines.append("| PostgreSQL | not run: no PostgreSQL at BENCH_POSTGRES_URL | | | |")
     lines.append("")
     lines.append(f"Latency at a fixed {args.rate} req/s (GET passthrough, {latency_connections} connections):")
     lines.append("")

@@ -144,54 +144,105 @@ impl Store {
         }
     }
 
-    /// Inserts a record (pending or already final) and returns its id.
-    pub async fn insert(tx: &mut sqlx::AnyConnection, r: &AuditRecord) -> Result<i64, sqlx::Error> {
-        let row = sqlx::query(
-            "INSERT INTO audit_records (ts, client, role, method, path, query, request_id, trace_id, \
-             client_ip, request_body, status, outcome, response_body, duration_ms, upstream_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
-        )
-        .bind(&r.ts)
-        .bind(&r.client)
-        .bind(&r.role)
-        .bind(&r.method)
-        .bind(&r.path)
-        .bind(&r.query)
-        .bind(&r.request_id)
-        .bind(&r.trace_id)
-        .bind(&r.client_ip)
-        .bind(&r.request_body)
-        .bind(r.status)
-        .bind(r.outcome.as_str())
-        .bind(&r.response_body)
-        .bind(r.duration_ms)
-        .bind(r.upstream_ms)
-        .fetch_one(&mut *tx)
-        .await?;
-        row.try_get("id")
+    /// The highest id in use; the writer numbers new records from here, under the chain lock.
+    pub async fn max_id(tx: &mut sqlx::AnyConnection) -> Result<i64, sqlx::Error> {
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS m FROM audit_records")
+            .fetch_one(&mut *tx)
+            .await?;
+        row.try_get("m")
     }
 
-    /// Writes the final fields and the chain position of a record.
-    pub async fn finalise(
+    /// Inserts records (with their ids) in multi-row statements: one statement per chunk, not one
+    /// per record, since statement overhead dominates a batch.
+    pub async fn insert_all(
+        &self,
         tx: &mut sqlx::AnyConnection,
-        r: &AuditRecord,
+        records: &[&AuditRecord],
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE audit_records SET status = $1, outcome = $2, response_body = $3, duration_ms = $4, \
-             upstream_ms = $5, seq = $6, prev_hash = $7, hash = $8 WHERE id = $9",
-        )
-        .bind(r.status)
-        .bind(r.outcome.as_str())
-        .bind(&r.response_body)
-        .bind(r.duration_ms)
-        .bind(r.upstream_ms)
-        .bind(r.seq)
-        .bind(&r.prev_hash)
-        .bind(&r.hash)
-        .bind(r.id)
-        .execute(&mut *tx)
-        .await
-        .map(|_| ())
+        const PER_ROW: usize = 19;
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO audit_records (id, ts, client, role, method, path, query, request_id, trace_id, \
+                 client_ip, request_body, status, outcome, response_body, duration_ms, upstream_ms, seq, \
+                 prev_hash, hash) VALUES ",
+            );
+            push_placeholders(&mut sql, self.backend, chunk.len(), PER_ROW, 0);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                query = query
+                    .bind(r.id)
+                    .bind(r.ts.clone())
+                    .bind(r.client.clone())
+                    .bind(r.role.clone())
+                    .bind(r.method.clone())
+                    .bind(r.path.clone())
+                    .bind(r.query.clone())
+                    .bind(r.request_id.clone())
+                    .bind(r.trace_id.clone())
+                    .bind(r.client_ip.clone())
+                    .bind(r.request_body.clone())
+                    .bind(r.status)
+                    .bind(r.outcome.as_str())
+                    .bind(r.response_body.clone())
+                    .bind(r.duration_ms)
+                    .bind(r.upstream_ms)
+                    .bind(r.seq)
+                    .bind(r.prev_hash.clone())
+                    .bind(r.hash.clone());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the final fields and chain positions of pending records, many per statement.
+    pub async fn finalise_all(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        records: &[&AuditRecord],
+    ) -> Result<(), sqlx::Error> {
+        const PER_ROW: usize = 9;
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            // VALUES columns are named column1..columnN on both backends; the casts of the first row
+            // type every row on PostgreSQL.
+            let p = |n: usize| placeholder(self.backend, n);
+            let mut sql = format!(
+                "UPDATE audit_records SET status = v.column2, outcome = v.column3, response_body = v.column4, \
+                 duration_ms = v.column5, upstream_ms = v.column6, seq = v.column7, prev_hash = v.column8, \
+                 hash = v.column9 FROM (VALUES (CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS TEXT), \
+                 CAST({} AS TEXT), CAST({} AS DOUBLE PRECISION), CAST({} AS DOUBLE PRECISION), \
+                 CAST({} AS BIGINT), CAST({} AS TEXT), CAST({} AS TEXT))",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6),
+                p(7),
+                p(8),
+                p(9)
+            );
+            if chunk.len() > 1 {
+                sql.push_str(", ");
+                push_placeholders(&mut sql, self.backend, chunk.len() - 1, PER_ROW, PER_ROW);
+            }
+            sql.push_str(") AS v WHERE audit_records.id = v.column1");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                query = query
+                    .bind(r.id)
+                    .bind(r.status)
+                    .bind(r.outcome.as_str())
+                    .bind(r.response_body.clone())
+                    .bind(r.duration_ms)
+                    .bind(r.upstream_ms)
+                    .bind(r.seq)
+                    .bind(r.prev_hash.clone())
+                    .bind(r.hash.clone());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        Ok(())
     }
 
     /// Records matching `filter`, oldest first, streamed.
@@ -332,6 +383,41 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+}
+
+/// Rows per multi-row statement (19 values a row stays far below both backends' limits).
+const ROWS_PER_STATEMENT: usize = 128;
+
+/// The n-th (from 1) bind placeholder. SQLite gets anonymous `?`: sqlx looks every named one up by
+/// name, which is quadratic in a multi-row statement.
+fn placeholder(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => "?".to_string(),
+        Backend::Postgres => format!("${n}"),
+    }
+}
+
+/// "(p, ..., p), (...)" for `rows` rows of `per_row` values, numbered after `already`.
+fn push_placeholders(
+    sql: &mut String,
+    backend: Backend,
+    rows: usize,
+    per_row: usize,
+    already: usize,
+) {
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..per_row {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&placeholder(backend, already + row * per_row + col + 1));
+        }
+        sql.push(')');
     }
 }
 

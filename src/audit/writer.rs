@@ -58,6 +58,7 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
         if store.is_none() {
             store = open(&url, &health).await;
         }
+        let started = std::time::Instant::now();
         let result = match &store {
             Some(s) => write(s, &mut batch)
                 .await
@@ -69,6 +70,11 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
                 .err()
                 .unwrap_or_default()),
         };
+        tracing::debug!(
+            records = batch.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "audit batch written"
+        );
         if let Err(reason) = &result {
             tracing::error!(%reason, records = batch.len(), "audit write failed");
             *health.write().expect("health lock") = Err(reason.clone());
@@ -99,33 +105,51 @@ async fn open(url: &str, health: &Health) -> Option<Store> {
     }
 }
 
-/// Writes the batch in one transaction; ids and chain positions are filled into the ops.
+/// Writes the batch in one transaction: ids and chain positions are assigned here, in order, then
+/// new records go in with multi-row INSERTs and finalised pending ones with multi-row UPDATEs.
 async fn write(store: &Store, batch: &mut [Op]) -> Result<(), sqlx::Error> {
     let mut tx = store.begin().await?;
+    let mut next_id = Store::max_id(&mut tx).await? + 1;
     let mut head: Option<(i64, String)> = None;
+    let mut is_new = Vec::with_capacity(batch.len());
     for op in batch.iter_mut() {
+        let (record, finishing) = match op {
+            Op::Begin { record, .. } => (record, false),
+            Op::Finish { record, .. } => (record, true),
+            Op::Flush { .. } => {
+                is_new.push(false);
+                continue;
+            }
+        };
+        // A Begin is new (pending); a Finish without an id (a refusal) is new and final at once.
+        is_new.push(record.id == 0);
+        if record.id == 0 {
+            record.id = next_id;
+            next_id += 1;
+        }
+        if finishing {
+            let (seq, prev) = match head.take() {
+                Some(h) => h,
+                None => Store::head(&mut tx).await?,
+            };
+            record.seq = Some(seq + 1);
+            let hash = record.chain_hash(&prev);
+            record.prev_hash = Some(prev);
+            record.hash = Some(hash.clone());
+            head = Some((seq + 1, hash));
+        }
+    }
+    let (mut inserts, mut updates) = (Vec::new(), Vec::new());
+    for (op, new) in batch.iter().zip(is_new) {
         match op {
-            Op::Begin { record, .. } => {
-                record.id = Store::insert(&mut tx, record).await?;
-            }
-            Op::Finish { record, .. } => {
-                if record.id == 0 {
-                    record.id = Store::insert(&mut tx, record).await?;
-                }
-                let (seq, prev) = match head.take() {
-                    Some(h) => h,
-                    None => Store::head(&mut tx).await?,
-                };
-                record.seq = Some(seq + 1);
-                let hash = record.chain_hash(&prev);
-                record.prev_hash = Some(prev);
-                record.hash = Some(hash.clone());
-                Store::finalise(&mut tx, record).await?;
-                head = Some((seq + 1, hash));
-            }
+            Op::Begin { record, .. } => inserts.push(record),
+            Op::Finish { record, .. } if new => inserts.push(record),
+            Op::Finish { record, .. } => updates.push(record),
             Op::Flush { .. } => {}
         }
     }
+    store.insert_all(&mut tx, &inserts).await?;
+    store.finalise_all(&mut tx, &updates).await?;
     tx.commit().await
 }
 
