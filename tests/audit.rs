@@ -850,3 +850,60 @@ async fn two_gateways_on_one_postgres_keep_one_valid_chain() {
     assert!(report.ok, "{report:?}");
     assert_eq!((report.checked, report.pending), (40, 0));
 }
+
+#[tokio::test]
+async fn retention_pruning_leaves_a_chain_that_still_verifies() {
+    let Some((gw, url)) = gateway(Backend::Sqlite, |_| {}).await else {
+        return;
+    };
+    for n in 1..=5 {
+        send(
+            &gw,
+            Method::POST,
+            "/v1/compute/instances",
+            &gw.keys.operator,
+            Some(serde_json::json!({"period": n})),
+            &rid(n),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gw.gateway.audit.flush().await;
+    let store = Store::open(&url).await.unwrap();
+    let before = store.page(&Default::default()).await.unwrap();
+    // Prune everything older than the third record.
+    assert_eq!(store.prune(&before[2].ts).await.unwrap(), 2);
+    let after = store.page(&Default::default()).await.unwrap();
+    assert_eq!(
+        after.iter().map(|r| r.id).collect::<Vec<_>>(),
+        before[2..].iter().map(|r| r.id).collect::<Vec<_>>()
+    );
+    let report = store.verify().await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.checked, report.checkpoint_seq), (3, Some(2)));
+    // The chain goes on from the checkpoint.
+    send(
+        &gw,
+        Method::POST,
+        "/v1/compute/instances",
+        &gw.keys.operator,
+        Some(serde_json::json!({"period": 9})),
+        &rid(9),
+    )
+    .await;
+    gw.gateway.audit.flush().await;
+    let report = store.verify().await.unwrap();
+    assert!(report.ok && report.checked == 4, "{report:?}");
+    // Tampering with what remains is still found.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE audit_records SET path = '/v1/other' WHERE id = {}",
+        before[3].id
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        store.verify().await.unwrap().first_broken_id,
+        Some(before[3].id)
+    );
+}

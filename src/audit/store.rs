@@ -123,51 +123,82 @@ impl Store {
         Ok(tx)
     }
 
-    /// The last (seq, hash) of the chain, or the checkpoint after pruning, or the genesis.
-    pub async fn head(tx: &mut sqlx::AnyConnection) -> Result<(i64, String), sqlx::Error> {
-        let last = sqlx::query(
-            "SELECT seq, hash FROM audit_records WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1",
+    /// In one round trip: the highest id in use (new records are numbered from it under the chain
+    /// lock) and the chain's head (last seq and hash; the checkpoint after pruning; the genesis).
+    pub async fn tail(tx: &mut sqlx::AnyConnection) -> Result<(i64, i64, String), sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM audit_records) AS max_id, \
+                    (SELECT seq FROM audit_records WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1) AS seq, \
+                    (SELECT hash FROM audit_records WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1) AS hash, \
+                    (SELECT last_seq FROM audit_checkpoints ORDER BY id DESC LIMIT 1) AS cp_seq, \
+                    (SELECT last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1) AS cp_hash",
         )
-        .fetch_optional(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-        if let Some(row) = last {
-            return Ok((row.try_get("seq")?, row.try_get("hash")?));
-        }
-        let checkpoint = sqlx::query(
-            "SELECT last_seq, last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        match checkpoint {
-            Some(row) => Ok((row.try_get("last_seq")?, row.try_get("last_hash")?)),
-            None => Ok((0, GENESIS_HASH.to_string())),
-        }
+        let max_id: i64 = row.try_get("max_id")?;
+        let head = match (
+            row.try_get::<Option<i64>, _>("seq")?,
+            row.try_get::<Option<String>, _>("hash")?,
+        ) {
+            (Some(seq), Some(hash)) => (seq, hash),
+            _ => match (
+                row.try_get::<Option<i64>, _>("cp_seq")?,
+                row.try_get::<Option<String>, _>("cp_hash")?,
+            ) {
+                (Some(seq), Some(hash)) => (seq, hash),
+                _ => (0, GENESIS_HASH.to_string()),
+            },
+        };
+        Ok((max_id, head.0, head.1))
     }
 
-    /// The highest id in use; the writer numbers new records from here, under the chain lock.
-    pub async fn max_id(tx: &mut sqlx::AnyConnection) -> Result<i64, sqlx::Error> {
-        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS m FROM audit_records")
-            .fetch_one(&mut *tx)
-            .await?;
-        row.try_get("m")
-    }
-
-    /// Inserts records (with their ids) in multi-row statements: one statement per chunk, not one
-    /// per record, since statement overhead dominates a batch.
-    pub async fn insert_all(
+    /// Writes records (with their ids) in multi-row upserts, one statement per chunk rather than one
+    /// per record (statement overhead dominates a batch): new records are inserted, pending ones
+    /// get their final fields and chain position through their primary key.
+    pub async fn upsert_all(
         &self,
         tx: &mut sqlx::AnyConnection,
         records: &[&AuditRecord],
     ) -> Result<(), sqlx::Error> {
-        const PER_ROW: usize = 19;
+        // Numeric columns that may be NULL in one row and set in another are cast, so PostgreSQL
+        // reads every row's value with the column's type.
+        const CASTS: [&str; 19] = [
+            "BIGINT",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "BIGINT",
+            "",
+            "",
+            "DOUBLE PRECISION",
+            "DOUBLE PRECISION",
+            "BIGINT",
+            "",
+            "",
+        ];
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from(
                 "INSERT INTO audit_records (id, ts, client, role, method, path, query, request_id, trace_id, \
                  client_ip, request_body, status, outcome, response_body, duration_ms, upstream_ms, seq, \
                  prev_hash, hash) VALUES ",
             );
-            push_placeholders(&mut sql, self.backend, chunk.len(), PER_ROW, 0);
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            push_placeholders(&mut sql, self.backend, chunk.len(), &CASTS);
+            sql.push_str(
+                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, outcome = excluded.outcome, \
+                 response_body = excluded.response_body, duration_ms = excluded.duration_ms, \
+                 upstream_ms = excluded.upstream_ms, seq = excluded.seq, prev_hash = excluded.prev_hash, \
+                 hash = excluded.hash",
+            );
+            // Not cached as a prepared statement: a parameter's declared type follows the value
+            // bound (NULL or a number), which differs from batch to batch.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for r in chunk {
                 query = query
                     .bind(r.id)
@@ -181,56 +212,6 @@ impl Store {
                     .bind(r.trace_id.clone())
                     .bind(r.client_ip.clone())
                     .bind(r.request_body.clone())
-                    .bind(r.status)
-                    .bind(r.outcome.as_str())
-                    .bind(r.response_body.clone())
-                    .bind(r.duration_ms)
-                    .bind(r.upstream_ms)
-                    .bind(r.seq)
-                    .bind(r.prev_hash.clone())
-                    .bind(r.hash.clone());
-            }
-            query.execute(&mut *tx).await?;
-        }
-        Ok(())
-    }
-
-    /// Writes the final fields and chain positions of pending records, many per statement.
-    pub async fn finalise_all(
-        &self,
-        tx: &mut sqlx::AnyConnection,
-        records: &[&AuditRecord],
-    ) -> Result<(), sqlx::Error> {
-        const PER_ROW: usize = 9;
-        for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            // VALUES columns are named column1..columnN on both backends; the casts of the first row
-            // type every row on PostgreSQL.
-            let p = |n: usize| placeholder(self.backend, n);
-            let mut sql = format!(
-                "UPDATE audit_records SET status = v.column2, outcome = v.column3, response_body = v.column4, \
-                 duration_ms = v.column5, upstream_ms = v.column6, seq = v.column7, prev_hash = v.column8, \
-                 hash = v.column9 FROM (VALUES (CAST({} AS BIGINT), CAST({} AS BIGINT), CAST({} AS TEXT), \
-                 CAST({} AS TEXT), CAST({} AS DOUBLE PRECISION), CAST({} AS DOUBLE PRECISION), \
-                 CAST({} AS BIGINT), CAST({} AS TEXT), CAST({} AS TEXT))",
-                p(1),
-                p(2),
-                p(3),
-                p(4),
-                p(5),
-                p(6),
-                p(7),
-                p(8),
-                p(9)
-            );
-            if chunk.len() > 1 {
-                sql.push_str(", ");
-                push_placeholders(&mut sql, self.backend, chunk.len() - 1, PER_ROW, PER_ROW);
-            }
-            sql.push_str(") AS v WHERE audit_records.id = v.column1");
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for r in chunk {
-                query = query
-                    .bind(r.id)
                     .bind(r.status)
                     .bind(r.outcome.as_str())
                     .bind(r.response_body.clone())
@@ -398,24 +379,23 @@ fn placeholder(backend: Backend, n: usize) -> String {
     }
 }
 
-/// "(p, ..., p), (...)" for `rows` rows of `per_row` values, numbered after `already`.
-fn push_placeholders(
-    sql: &mut String,
-    backend: Backend,
-    rows: usize,
-    per_row: usize,
-    already: usize,
-) {
+/// "(p, ..., p), (...)" for `rows` rows of one value per entry of `casts` (a type to cast to, or "").
+fn push_placeholders(sql: &mut String, backend: Backend, rows: usize, casts: &[&str]) {
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
         }
         sql.push('(');
-        for col in 0..per_row {
+        for (col, cast) in casts.iter().enumerate() {
             if col > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&placeholder(backend, already + row * per_row + col + 1));
+            let p = placeholder(backend, row * casts.len() + col + 1);
+            if cast.is_empty() {
+                sql.push_str(&p);
+            } else {
+                sql.push_str(&format!("CAST({p} AS {cast})"));
+            }
         }
         sql.push(')');
     }

@@ -106,50 +106,38 @@ async fn open(url: &str, health: &Health) -> Option<Store> {
 }
 
 /// Writes the batch in one transaction: ids and chain positions are assigned here, in order, then
-/// new records go in with multi-row INSERTs and finalised pending ones with multi-row UPDATEs.
+/// every record goes in with multi-row upserts (new ones inserted, pending ones finalised).
 async fn write(store: &Store, batch: &mut [Op]) -> Result<(), sqlx::Error> {
     let mut tx = store.begin().await?;
-    let mut next_id = Store::max_id(&mut tx).await? + 1;
-    let mut head: Option<(i64, String)> = None;
-    let mut is_new = Vec::with_capacity(batch.len());
+    let (max_id, mut seq, mut prev) = Store::tail(&mut tx).await?;
+    let mut next_id = max_id + 1;
     for op in batch.iter_mut() {
         let (record, finishing) = match op {
             Op::Begin { record, .. } => (record, false),
             Op::Finish { record, .. } => (record, true),
-            Op::Flush { .. } => {
-                is_new.push(false);
-                continue;
-            }
+            Op::Flush { .. } => continue,
         };
         // A Begin is new (pending); a Finish without an id (a refusal) is new and final at once.
-        is_new.push(record.id == 0);
         if record.id == 0 {
             record.id = next_id;
             next_id += 1;
         }
         if finishing {
-            let (seq, prev) = match head.take() {
-                Some(h) => h,
-                None => Store::head(&mut tx).await?,
-            };
-            record.seq = Some(seq + 1);
+            seq += 1;
+            record.seq = Some(seq);
             let hash = record.chain_hash(&prev);
-            record.prev_hash = Some(prev);
-            record.hash = Some(hash.clone());
-            head = Some((seq + 1, hash));
+            record.prev_hash = Some(std::mem::replace(&mut prev, hash.clone()));
+            record.hash = Some(hash);
         }
     }
-    let (mut inserts, mut updates) = (Vec::new(), Vec::new());
-    for (op, new) in batch.iter().zip(is_new) {
-        match op {
-            Op::Begin { record, .. } => inserts.push(record),
-            Op::Finish { record, .. } if new => inserts.push(record),
-            Op::Finish { record, .. } => updates.push(record),
-            Op::Flush { .. } => {}
-        }
-    }
-    store.insert_all(&mut tx, &inserts).await?;
-    store.finalise_all(&mut tx, &updates).await?;
+    let records: Vec<&AuditRecord> = batch
+        .iter()
+        .filter_map(|op| match op {
+            Op::Begin { record, .. } | Op::Finish { record, .. } => Some(record),
+            Op::Flush { .. } => None,
+        })
+        .collect();
+    store.upsert_all(&mut tx, &records).await?;
     tx.commit().await
 }
 
