@@ -1,15 +1,28 @@
 //! Cache keys: the path and its query with parameters sorted by name, so `?a=1&b=2` and `?b=2&a=1`
 //! share an entry, while repeated parameters (such as orderBy) keep their order, which matters.
 
-/// The cache key of a request target.
-pub fn cache_key(path: &str, query: Option<&str>) -> String {
-    let Some(query) = query.filter(|q| !q.is_empty()) else {
-        return path.to_string();
+use std::borrow::Cow;
+
+fn name(param: &str) -> &str {
+    param.split_once('=').map_or(param, |(name, _)| name)
+}
+
+/// The cache key of a request target (`path?query`). Borrowed when the target already is its own
+/// key (no query, or parameters already in order): a hit then allocates nothing for its key.
+pub fn cache_key(path_and_query: &str) -> Cow<'_, str> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) if !query.is_empty() => (path, query),
+        Some((path, _)) => return Cow::Borrowed(path),
+        None => return Cow::Borrowed(path_and_query),
     };
     let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    let in_order = params.windows(2).all(|w| name(w[0]) <= name(w[1]));
+    if in_order && params.len() == query.split('&').count() {
+        return Cow::Borrowed(path_and_query);
+    }
     // A stable sort by name only: values of a repeated name stay in the caller's order.
-    params.sort_by_key(|p| p.split_once('=').map_or(*p, |(name, _)| name));
-    format!("{path}?{}", params.join("&"))
+    params.sort_by_key(|p| name(p));
+    Cow::Owned(format!("{path}?{}", params.join("&")))
 }
 
 #[cfg(test)]

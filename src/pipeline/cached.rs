@@ -26,7 +26,11 @@ pub async fn read(
     group: CacheGroup,
 ) -> Result<Response, GatewayError> {
     let cache = &gw.cache;
-    let key = cache_key(parts.uri.path(), parts.uri.query());
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |pq| pq.as_str());
+    let key = cache_key(target);
     let refetch = wants_fresh(&parts.headers);
     let stale = if refetch {
         None
@@ -103,7 +107,9 @@ fn serve(
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = entry.status;
     let headers = response.headers_mut();
-    *headers = entry.headers.clone();
+    // Sized for the stored headers and the three added here, so nothing regrows.
+    headers.reserve(entry.headers.len() + 3);
+    headers.extend(entry.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
     headers.insert(request_id::HEADER, call.request_id.header_value());
     headers.insert(CACHE_STATUS, HeaderValue::from_static(cache_status));
     if with_age {
