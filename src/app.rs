@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt;
+use http::Method;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 
 use crate::audit::AuditLog;
 use crate::cache::ResponseCache;
@@ -166,39 +169,65 @@ pub fn bind_workers(
     Ok(listeners)
 }
 
+/// The caller's address, attached to mutating calls only (the audit records it; attaching it to
+/// every call would cost every call an allocation).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Accepts connections and serves each with hyper until `shutdown`, then stops accepting and lets
+/// calls in flight finish for at most `server.shutdown_timeout_secs`.
 async fn accept_loop(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let drain_timeout = Duration::from_secs(gateway.config.server.shutdown_timeout_secs);
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let listener = listener.tap_io(|tcp| {
+    let router = router(gateway);
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
         // Answers are written in pieces (head, body chunks): do not let Nagle hold them back.
-        let _ = tcp.set_nodelay(true);
-    });
-    let app = router(gateway).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stopping_tx.send(());
-        })
-        .into_future();
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return result,
-        _ = stopping_rx => {}
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                if ![Method::GET, Method::HEAD].contains(request.method()) {
+                    request.extensions_mut().insert(ClientAddr(peer));
+                }
+                router.clone().oneshot(request.map(axum::body::Body::new))
+            });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
     }
-    match tokio::time::timeout(drain_timeout, server).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!(
-                timeout_secs = drain_timeout.as_secs(),
-                "calls still in flight after server.shutdown_timeout_secs; exiting anyway"
-            );
-            Ok(())
-        }
+    drop(listener);
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_secs = drain_timeout.as_secs(),
+            "calls still in flight after server.shutdown_timeout_secs; exiting anyway"
+        );
     }
+    Ok(())
 }
 
 /// Tasks that live as long as the server: the cache invalidation listener (with Redis) and the

@@ -102,7 +102,7 @@ impl AuditLog {
         };
         let client_ip = parts
             .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .get::<crate::app::ClientAddr>()
             .map(|c| c.0.ip().to_string())
             .unwrap_or_default();
         let record = AuditRecord {

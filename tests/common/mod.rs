@@ -115,6 +115,14 @@ pub async fn start_gateway(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let gateway = Arc::new(Gateway::new(config, credentials).unwrap());
+    // The audit store opens in the background; give it a moment so tests start from a ready
+    // gateway (tests of a broken store go on after the wait and see it broken).
+    for _ in 0..100 {
+        if gateway.audit.health().is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app::serve(gateway.clone(), listener, async move {
         let _ = stop_rx.await;
