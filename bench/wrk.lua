@@ -1,4 +1,6 @@
 -- wrk script for bench/run.py: one request shape per run, optional fixed rate, JSON summary.
+-- The request is set in init() and left static (no request() function): a Lua call per request
+-- would make wrk itself the bottleneck.
 -- Arguments (after --): METHOD BODY_BYTES RATE_PER_SECOND CONNECTIONS
 -- (RATE 0 = as fast as possible; CONNECTIONS = wrk's -c, used to pace a fixed rate)
 local method, body, rate, connections = "GET", nil, 0, 1
@@ -14,10 +16,8 @@ function init(args)
     body = prefix .. string.rep("a", size - #prefix - #suffix) .. suffix
     wrk.headers["Content-Type"] = "application/json"
   end
-end
-
-function request()
-  return wrk.format(method, nil, nil, body)
+  wrk.method = method
+  wrk.body = body
 end
 
 -- Fixed rate: every connection waits connections * 1000 / rate ms between its requests.
