@@ -8,10 +8,12 @@ use std::sync::atomic::Ordering;
 use axum::Json;
 use std::collections::HashMap;
 
+use axum::extract::FromRequestParts;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::StatusCode;
+use http::request::Parts;
 use serde_json::json;
 
 use crate::app::Gateway;
@@ -60,48 +62,58 @@ pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
     (status, Json(json!({"ready": ready, "checks": checks}))).into_response()
 }
 
-/// The refusal for a caller who is not an admin; `None` lets an admin through.
-fn refuse_unless_admin(
-    gw: &Gateway,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Option<Response> {
-    refuse_unless(gw, method, uri, headers, &[Role::Admin])
+/// An admin caller: extracting it refuses every other caller (401/403 JSON).
+pub struct Admin;
+
+/// A caller who may read the audit log (auditor or admin), with the request id of the call.
+pub struct AuditReader {
+    request_id: RequestId,
 }
 
-/// The refusal for a caller whose role is not in `roles`.
-fn refuse_unless(
-    gw: &Gateway,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    roles: &[Role],
-) -> Option<Response> {
-    let (request_id, _) = RequestId::from_headers(headers);
-    let error = match identify(gw, headers) {
-        Ok(client) if roles.contains(&client.role) => return None,
+/// Why a caller may not use a gateway endpoint, answered as the usual JSON error.
+pub struct Refusal(GatewayError, RequestId);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        self.0.into_response_with(&self.1)
+    }
+}
+
+impl FromRequestParts<Arc<Gateway>> for Admin {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Arc<Gateway>) -> Result<Self, Refusal> {
+        permit(parts, gw, &[Role::Admin]).map(|_| Admin)
+    }
+}
+
+impl FromRequestParts<Arc<Gateway>> for AuditReader {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Arc<Gateway>) -> Result<Self, Refusal> {
+        permit(parts, gw, &[Role::Auditor, Role::Admin])
+            .map(|request_id| AuditReader { request_id })
+    }
+}
+
+/// The call's request id when the caller's role is one of `roles`, the refusal otherwise.
+fn permit(parts: &Parts, gw: &Gateway, roles: &[Role]) -> Result<RequestId, Refusal> {
+    let (request_id, _) = RequestId::from_headers(&parts.headers);
+    let error = match identify(gw, &parts.headers) {
+        Ok(client) if roles.contains(&client.role) => return Ok(request_id),
         Ok(client) => GatewayError::Forbidden {
             role: client.role.as_str(),
-            method: method.to_string(),
-            path: uri.path().to_string(),
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
             allowance: client.role.allowance(),
         },
         Err(error) => error,
     };
-    Some(error.into_response_with(&request_id))
+    Err(Refusal(error, request_id))
 }
 
 /// Admin status: calls in flight, token life and grant counts, number of teams.
-pub async fn status(
-    State(gw): State<Arc<Gateway>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = refuse_unless_admin(&gw, &method, &uri, &headers) {
-        return refused;
-    }
+pub async fn status(State(gw): State<Arc<Gateway>>, _: Admin) -> Response {
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "in_flight": gw.in_flight.load(Ordering::SeqCst),
@@ -112,28 +124,12 @@ pub async fn status(
 }
 
 /// Admin: entries, bytes, hits, misses and evictions of the response cache.
-pub async fn cache_stats(
-    State(gw): State<Arc<Gateway>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = refuse_unless_admin(&gw, &method, &uri, &headers) {
-        return refused;
-    }
+pub async fn cache_stats(State(gw): State<Arc<Gateway>>, _: Admin) -> Response {
     Json(gw.cache.stats().await).into_response()
 }
 
 /// Admin: drops every cached entry (on every replica when Redis is configured).
-pub async fn cache_purge(
-    State(gw): State<Arc<Gateway>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = refuse_unless_admin(&gw, &method, &uri, &headers) {
-        return refused;
-    }
+pub async fn cache_purge(State(gw): State<Arc<Gateway>>, _: Admin) -> Response {
     gw.cache.purge().await;
     Json(json!({"purged": true})).into_response()
 }
@@ -142,17 +138,9 @@ pub async fn cache_purge(
 /// (streamed when no limit is given).
 pub async fn audit_query(
     State(gw): State<Arc<Gateway>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    AuditReader { request_id }: AuditReader,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(refused) =
-        refuse_unless(&gw, &method, &uri, &headers, &[Role::Auditor, Role::Admin])
-    {
-        return refused;
-    }
-    let (request_id, _) = RequestId::from_headers(&headers);
     let (filter, format) = match Filter::from_params(&params, true) {
         Ok(parsed) if parsed.1 != Format::Table => parsed,
         Ok(_) => {
@@ -251,16 +239,8 @@ fn export(
 /// Auditors and admins: walks the hash chain and reports the first broken record.
 pub async fn audit_verify(
     State(gw): State<Arc<Gateway>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    AuditReader { request_id }: AuditReader,
 ) -> Response {
-    if let Some(refused) =
-        refuse_unless(&gw, &method, &uri, &headers, &[Role::Auditor, Role::Admin])
-    {
-        return refused;
-    }
-    let (request_id, _) = RequestId::from_headers(&headers);
     let report = match gw.audit.reader().await {
         Ok(store) => store.verify().await,
         Err(reason) => Err(reason),
