@@ -668,11 +668,8 @@ async fn an_unwritable_store_refuses_mutating_calls_and_recovers(backend: Backen
     );
     // Reads are still served.
     assert_eq!(
-        gw.get("/v1/compute/instances", &gw.keys.readonly)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_status("/v1/compute/instances", &gw.keys.readonly)
+            .await,
         200
     );
 
@@ -771,11 +768,8 @@ async fn a_store_that_cannot_be_opened_keeps_reads_working_and_recovers() {
         .to_string();
     assert!(reason.contains("audit"), "{reason}");
     assert_eq!(
-        gw.get("/v1/compute/instances", &gw.keys.readonly)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_status("/v1/compute/instances", &gw.keys.readonly)
+            .await,
         200
     );
     let post = gw

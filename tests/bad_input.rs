@@ -138,11 +138,8 @@ async fn a_slow_upstream_gets_504_within_the_timeout() {
     let gw = start_with(SandboxOptions::default(), |c| c.upstream.timeout_secs = 1).await;
     // Warm the token first so only the API call is slow.
     assert_eq!(
-        gw.get("/v1/compute/instances", &gw.keys.readonly)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_status("/v1/compute/instances", &gw.keys.readonly)
+            .await,
         200
     );
     gw.sandbox().faults.delay_ms.store(5000, Ordering::SeqCst);
@@ -169,11 +166,8 @@ async fn a_slow_upstream_gets_504_within_the_timeout() {
 async fn a_caller_that_disconnects_leaves_no_call_in_flight() {
     let gw = start().await;
     assert_eq!(
-        gw.get("/v1/compute/instances", &gw.keys.readonly)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_status("/v1/compute/instances", &gw.keys.readonly)
+            .await,
         200
     );
     gw.sandbox().faults.delay_ms.store(3000, Ordering::SeqCst);
@@ -198,11 +192,8 @@ async fn a_caller_that_disconnects_leaves_no_call_in_flight() {
 async fn shutdown_lets_calls_in_flight_finish_and_stops_accepting() {
     let mut gw = start().await;
     assert_eq!(
-        gw.get("/v1/compute/instances", &gw.keys.readonly)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_status("/v1/compute/instances", &gw.keys.readonly)
+            .await,
         200
     );
     gw.sandbox().faults.delay_ms.store(800, Ordering::SeqCst);

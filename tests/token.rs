@@ -77,20 +77,14 @@ async fn a_dead_refresh_token_falls_back_to_the_password_grant_in_the_same_call(
     };
     let gw = start_with(options, |_| {}).await;
     assert_eq!(
-        gw.get("/v1/compute/instances", &gw.keys.readonly)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_status("/v1/compute/instances", &gw.keys.readonly)
+            .await,
         200
     );
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(
-        gw.get("/v1/compute/instances", &gw.keys.readonly)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_status("/v1/compute/instances", &gw.keys.readonly)
+            .await,
         200
     );
     assert_eq!(count(&gw.sandbox().counters.password_grants), 2);
@@ -100,11 +94,8 @@ async fn a_dead_refresh_token_falls_back_to_the_password_grant_in_the_same_call(
 async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
     let gw = start().await;
     assert_eq!(
-        gw.get("/v1/compute/instances", &gw.keys.readonly)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_status("/v1/compute/instances", &gw.keys.readonly)
+            .await,
         200
     );
     // The auth server forgets every refresh token (as after a Keycloak restart), and upstream
@@ -115,11 +106,8 @@ async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
         .reject_next_calls
         .store(1, Ordering::SeqCst);
     assert_eq!(
-        gw.get("/v1/compute/instances", &gw.keys.readonly)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_status("/v1/compute/instances", &gw.keys.readonly)
+            .await,
         200
     );
     let counters = &gw.sandbox().counters;
@@ -131,11 +119,8 @@ async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
 async fn an_upstream_401_renews_the_token_and_retries_once_with_the_same_request_id() {
     let gw = start().await;
     assert_eq!(
-        gw.get("/v1/compute/instances", &gw.keys.readonly)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_status("/v1/compute/instances", &gw.keys.readonly)
+            .await,
         200
     );
     let before = gw.sandbox().recorded().len();
@@ -282,11 +267,8 @@ async fn an_unavailable_auth_server_answers_502() {
     gw.sandbox().faults.auth_down.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        gw.get("/v1/compute/instances", &gw.keys.readonly)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        gw.get_status("/v1/compute/instances", &gw.keys.readonly)
+            .await,
         200
     );
 }

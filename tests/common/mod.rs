@@ -55,6 +55,11 @@ impl TestGateway {
             .bearer_auth(key)
     }
 
+    /// The status of a GET through the gateway with `key`.
+    pub async fn get_status(&self, path: &str, key: &str) -> u16 {
+        self.get(path, key).send().await.unwrap().status().as_u16()
+    }
+
     pub fn api_calls(&self) -> u64 {
         SandboxState::count(&self.sandbox().counters.api_calls)
     }
