@@ -50,13 +50,9 @@ impl Gateway {
         })
     }
 
-    /// The current team registry (replaceable at runtime; reading it takes no lock).
+    /// The current team registry (an ArcSwap, so a reload can replace it; reading takes no lock).
     pub fn clients(&self) -> arc_swap::Guard<Arc<ClientRegistry>> {
         self.clients.load()
-    }
-
-    pub fn replace_clients(&self, registry: ClientRegistry) {
-        self.clients.store(Arc::new(registry));
     }
 }
 

@@ -95,18 +95,6 @@ async fn records(gw: &TestGateway, query: &str) -> serde_json::Value {
     json(response).await
 }
 
-fn owner_id(gw: &TestGateway) -> String {
-    gw.sandbox()
-        .data
-        .lock()
-        .unwrap()
-        .users
-        .keys()
-        .next()
-        .unwrap()
-        .clone()
-}
-
 async fn send(
     gw: &TestGateway,
     method: Method,
@@ -153,7 +141,7 @@ async fn every_mutating_call_is_audited_with_its_client_and_request_id(backend: 
     let Some((gw, _)) = gateway(backend, |_| {}).await else {
         return;
     };
-    let user = owner_id(&gw);
+    let user = gw.sandbox().owner_id();
     assert_eq!(
         send(
             &gw,
@@ -450,7 +438,7 @@ async fn filters_pagination_and_formats(backend: Backend) {
     send(
         &gw,
         Method::PATCH,
-        &format!("/v1/users/{}", owner_id(&gw)),
+        &format!("/v1/users/{}", gw.sandbox().owner_id()),
         &gw.keys.admin,
         Some(serde_json::json!({"firstName": "Z"})),
         &rid(6),
@@ -716,7 +704,7 @@ async fn reconcile_finds_a_change_made_around_the_gateway(backend: Backend) {
         return;
     };
     let since = contabo_gateway::audit::record::now_ts();
-    let user = owner_id(&gw);
+    let user = gw.sandbox().owner_id();
     send(
         &gw,
         Method::PATCH,

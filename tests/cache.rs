@@ -32,18 +32,6 @@ async fn warm(gw: &TestGateway, user_path: &str) {
     assert_eq!(get(gw, user_path).await.0, "contabo-gateway; hit");
 }
 
-fn owner_id(gw: &TestGateway) -> String {
-    gw.sandbox()
-        .data
-        .lock()
-        .unwrap()
-        .users
-        .keys()
-        .next()
-        .unwrap()
-        .clone()
-}
-
 #[tokio::test]
 async fn a_second_read_is_a_hit_with_its_own_request_id() {
     let gw = start().await;
@@ -61,7 +49,7 @@ async fn a_second_read_is_a_hit_with_its_own_request_id() {
     assert_eq!(second.headers()["x-request-id"], common::VALID_REQUEST_ID);
     assert_eq!(second.bytes().await.unwrap(), first_body);
     assert_eq!(gw.api_calls(), 1);
-    let id = owner_id(&gw);
+    let id = gw.sandbox().owner_id();
     let (status, _) = get(&gw, &format!("/v1/users/{id}")).await;
     assert!(status.contains("fwd=miss"));
     let (status, user) = get(&gw, &format!("/v1/users/{id}")).await;
@@ -109,7 +97,7 @@ async fn query_variants_are_separate_entries_and_parameter_order_does_not_matter
 async fn writes_to_users_and_roles_invalidate_the_users_entries_before_answering() {
     let gw = start().await;
     let admin = &gw.keys.admin;
-    let id = owner_id(&gw);
+    let id = gw.sandbox().owner_id();
     let user_path = format!("/v1/users/{id}");
 
     warm(&gw, &user_path).await;
@@ -274,7 +262,7 @@ async fn not_found_is_not_stored_and_s3_credentials_are_never_cached() {
         assert_eq!(cache_status(&response), "contabo-gateway; fwd=miss");
     }
     assert_eq!(gw.api_calls(), 2);
-    let id = owner_id(&gw);
+    let id = gw.sandbox().owner_id();
     for path in [
         format!("/v1/users/{id}/object-storages/credentials"),
         format!("/v1/users/{id}/object-storages/os-1/credentials/1"),
@@ -334,7 +322,7 @@ async fn one_entry_serves_the_clear_secret_to_admins_and_the_redacted_one_to_oth
 #[tokio::test]
 async fn no_cache_refetches_and_stores() {
     let gw = start().await;
-    let id = owner_id(&gw);
+    let id = gw.sandbox().owner_id();
     let path = format!("/v1/users/{id}");
     get(&gw, &path).await;
     // Changed behind the gateway's back (as by another tool).
@@ -428,10 +416,7 @@ async fn stale_if_error_serves_an_expired_entry_when_upstream_fails() {
 
 #[tokio::test]
 async fn hits_need_no_token() {
-    let options = SandboxOptions {
-        access_token_secs: 1.0,
-        refresh_token_secs: 1.0,
-    };
+    let options = SandboxOptions::lifetimes(1.0, 1.0);
     let gw = start_with(options, |_| {}).await;
     get(&gw, "/v1/users").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;

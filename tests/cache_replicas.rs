@@ -75,16 +75,7 @@ async fn a_write_through_one_replica_invalidates_the_other() {
         return;
     };
     let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    let user_id = sandbox
-        .state
-        .data
-        .lock()
-        .unwrap()
-        .users
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let user_id = sandbox.state.owner_id();
     let dir = tempfile::tempdir().unwrap();
     let (key, block) = admin_client_block("replica-test");
     let channel = format!("test-invalidation-{}", uuid::Uuid::new_v4());
@@ -234,16 +225,7 @@ async fn losing_redis_falls_back_to_the_short_ttl_and_recovers() {
             .contains("fwd=miss")
     );
     // A write while Redis is down still drops this replica's entries.
-    let user_id = gw
-        .sandbox()
-        .data
-        .lock()
-        .unwrap()
-        .users
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
+    let user_id = gw.sandbox().owner_id();
     let patched = gw
         .request(
             reqwest::Method::PATCH,

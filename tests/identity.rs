@@ -55,10 +55,7 @@ async fn missing_unknown_and_malformed_keys_get_401_json() {
 #[tokio::test]
 async fn the_role_matrix_holds_and_refused_calls_never_reach_upstream() {
     let gw = start().await;
-    let user_id = {
-        let data = gw.sandbox().data.lock().unwrap();
-        data.users.keys().next().unwrap().clone()
-    };
+    let user_id = gw.sandbox().owner_id();
     let calls: Vec<(Method, String)> = vec![
         (Method::GET, "/v1/users/is-password-set".into()),
         (Method::GET, "/v1/compute/instances".into()),
@@ -160,10 +157,7 @@ async fn the_client_secret_is_redacted_for_every_role_but_admin() {
 #[tokio::test]
 async fn s3_secret_keys_are_redacted_for_non_admins() {
     let gw = start().await;
-    let user_id = {
-        let data = gw.sandbox().data.lock().unwrap();
-        data.users.keys().next().unwrap().clone()
-    };
+    let user_id = gw.sandbox().owner_id();
     let list = format!("/v1/users/{user_id}/object-storages/credentials");
     let one = format!("/v1/users/{user_id}/object-storages/os-1/credentials/1");
     let admin_view = json(gw.get(&list, &gw.keys.admin).send().await.unwrap()).await;

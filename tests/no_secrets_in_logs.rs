@@ -39,10 +39,7 @@ async fn no_key_token_or_secret_appears_in_any_log_line() {
         .with_writer(move || writer.clone())
         .init();
 
-    let options = SandboxOptions {
-        access_token_secs: 1.0,
-        refresh_token_secs: 30.0,
-    };
+    let options = SandboxOptions::lifetimes(1.0, 30.0);
     let gw = start_with(options, |_| {}).await;
     let first_secret = gw.sandbox().credential().client_secret;
     let password = gw.sandbox().credential().password;

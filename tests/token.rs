@@ -34,10 +34,7 @@ async fn hundred_concurrent_calls_on_a_cold_gateway_cause_one_password_grant() {
 
 #[tokio::test]
 async fn short_lived_tokens_are_refreshed_without_a_failed_call() {
-    let options = SandboxOptions {
-        access_token_secs: 2.0,
-        refresh_token_secs: 60.0,
-    };
+    let options = SandboxOptions::lifetimes(2.0, 60.0);
     let gw = start_with(options, |_| {}).await;
     let started = Instant::now();
     let mut calls = 0;
@@ -71,10 +68,7 @@ async fn short_lived_tokens_are_refreshed_without_a_failed_call() {
 
 #[tokio::test]
 async fn a_dead_refresh_token_falls_back_to_the_password_grant_in_the_same_call() {
-    let options = SandboxOptions {
-        access_token_secs: 1.0,
-        refresh_token_secs: 1.0,
-    };
+    let options = SandboxOptions::lifetimes(1.0, 1.0);
     let gw = start_with(options, |_| {}).await;
     assert_eq!(
         gw.get_status("/v1/compute/instances", &gw.keys.readonly)
@@ -167,10 +161,7 @@ async fn an_upstream_401_renews_the_token_and_retries_once_with_the_same_request
 
 #[tokio::test]
 async fn secret_rotation_through_the_gateway_keeps_later_grants_working() {
-    let options = SandboxOptions {
-        access_token_secs: 1.0,
-        refresh_token_secs: 1.0,
-    };
+    let options = SandboxOptions::lifetimes(1.0, 1.0);
     let gw = start_with(options, |_| {}).await;
     let old_secret = gw.sandbox().credential().client_secret;
     let response = gw

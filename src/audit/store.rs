@@ -91,25 +91,12 @@ impl Store {
         Ok(store)
     }
 
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     pub async fn migrate(&self) -> Result<(), String> {
         let result = match self.backend {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await,
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&self.pool).await,
         };
         result.map_err(|e| format!("cannot migrate the audit store: {e}"))
-    }
-
-    /// Cheap liveness probe of the store.
-    pub async fn ping(&self) -> Result<(), String> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
     }
 
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {

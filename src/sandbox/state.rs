@@ -23,6 +23,16 @@ pub struct SandboxOptions {
     pub refresh_token_secs: f64,
 }
 
+impl SandboxOptions {
+    /// Tokens that live `access_secs` (access) and `refresh_secs` (refresh).
+    pub fn lifetimes(access_secs: f64, refresh_secs: f64) -> Self {
+        Self {
+            access_token_secs: access_secs,
+            refresh_token_secs: refresh_secs,
+        }
+    }
+}
+
 impl Default for SandboxOptions {
     fn default() -> Self {
         Self {
@@ -174,6 +184,12 @@ impl SandboxState {
             counters: Counters::default(),
             faults: Faults::default(),
         }
+    }
+
+    /// The id of the account owner the sandbox starts with (the first user).
+    pub fn owner_id(&self) -> String {
+        let data = self.data.lock().unwrap();
+        data.users.keys().next().cloned().unwrap_or_default()
     }
 
     pub fn credential(&self) -> SandboxCredential {
