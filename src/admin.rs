@@ -54,6 +54,13 @@ pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
             "unreachable (serving with the short cache TTL)"
         });
     }
+    if gw.limits.backend() == crate::ratelimit::Backend::LocalFallback {
+        // Informational too: each replica then keeps its share of the limits.
+        checks["rate_limit_redis"] =
+            json!("unreachable (each replica enforces limits / rate_limit.replicas)");
+    } else if gw.limits.backend() == crate::ratelimit::Backend::Redis {
+        checks["rate_limit_redis"] = json!("ok");
+    }
     let status = if ready {
         StatusCode::OK
     } else {
@@ -119,6 +126,7 @@ pub async fn status(State(gw): State<Arc<Gateway>>, _: Admin) -> Response {
         "in_flight": gw.in_flight.load(Ordering::SeqCst),
         "clients": gw.clients().len(),
         "token": gw.upstream.tokens.status(),
+        "rate_limit": gw.limits.status(),
     }))
     .into_response()
 }

@@ -20,6 +20,7 @@ use crate::audit::AuditLog;
 use crate::cache::ResponseCache;
 use crate::clients::ClientRegistry;
 use crate::config::{Config, Credentials};
+use crate::ratelimit::RateLimits;
 use crate::routes::RouteTable;
 use crate::upstream::Upstream;
 use crate::{admin, pipeline};
@@ -32,6 +33,7 @@ pub struct Gateway {
     pub upstream: Upstream,
     pub cache: Arc<ResponseCache>,
     pub audit: AuditLog,
+    pub limits: RateLimits,
     pub in_flight: AtomicUsize,
 }
 
@@ -41,8 +43,12 @@ impl Gateway {
         let cache = Arc::new(ResponseCache::new(&config.cache)?);
         Ok(Self {
             audit: AuditLog::start(&config.audit),
+            limits: RateLimits::new(&config.rate_limit)?,
             cache,
-            clients: ArcSwap::from_pointee(ClientRegistry::from_config(&config.clients)),
+            clients: ArcSwap::from_pointee(ClientRegistry::from_config(
+                &config.clients,
+                &config.rate_limit,
+            )),
             routes: RouteTable::default(),
             upstream,
             in_flight: AtomicUsize::new(0),
@@ -85,6 +91,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let background = start_background_tasks(&gateway);
+    gateway.limits.connect().await;
     let result = accept_loop(gateway.clone(), listener, shutdown).await;
     gateway.audit.flush().await;
     background.into_iter().for_each(|task| task.abort());
@@ -100,6 +107,7 @@ pub async fn serve_workers(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let background = start_background_tasks(&gateway);
+    gateway.limits.connect().await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
@@ -226,10 +234,13 @@ async fn accept_loop(
     Ok(())
 }
 
-/// Tasks that live as long as the server: the cache invalidation listener (with Redis) and the
-/// audit retention pruning (with `audit.retention_days`).
+/// Tasks that live as long as the server: the upstream budget's dispatcher, the cache
+/// invalidation listener (with Redis) and the audit retention pruning (with
+/// `audit.retention_days`).
 fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::spawn(
+        gateway.limits.budget().clone().run_dispatcher(),
+    )];
     if let Some(bus) = gateway.cache.bus() {
         tasks.push(bus.spawn_listener(Arc::downgrade(&gateway.cache)));
     }

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, RateLimitConfig};
+use crate::ratelimit::{Policy, TeamLimit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -74,8 +75,8 @@ pub fn touches_identity(path: &str) -> bool {
 pub struct Client {
     pub name: String,
     pub role: Role,
-    pub per_second: f64,
-    pub burst: u32,
+    /// The team's rate limit; kept across a reload when the team's limits did not change.
+    pub limit: Arc<TeamLimit>,
     key_digest: [u8; 32],
 }
 
@@ -86,22 +87,42 @@ pub struct ClientRegistry {
 }
 
 impl ClientRegistry {
-    pub fn from_config(clients: &[ClientConfig]) -> Self {
+    pub fn from_config(clients: &[ClientConfig], rate_limit: &RateLimitConfig) -> Self {
+        Self::default().reloaded(clients, rate_limit)
+    }
+
+    /// A registry for a new configuration. A team whose name and limits are unchanged keeps its
+    /// bucket, so a reload neither refills nor empties it.
+    pub fn reloaded(&self, clients: &[ClientConfig], rate_limit: &RateLimitConfig) -> Self {
         let clients = clients
             .iter()
             .filter_map(|c| {
                 let bytes = hex::decode(&c.key_sha256).ok()?;
                 let key_digest: [u8; 32] = bytes.try_into().ok()?;
+                let policy = Policy {
+                    per_second: c.per_second,
+                    burst: c.burst,
+                };
+                let limit = self
+                    .clients
+                    .iter()
+                    .find(|old| old.name == c.name && old.limit.policy_configured == policy)
+                    .map(|old| old.limit.clone())
+                    .unwrap_or_else(|| Arc::new(TeamLimit::new(&c.name, policy, rate_limit)));
                 Some(Arc::new(Client {
                     name: c.name.clone(),
                     role: c.role,
-                    per_second: c.per_second,
-                    burst: c.burst,
+                    limit,
                     key_digest,
                 }))
             })
             .collect();
         Self { clients }
+    }
+
+    /// Team names, in configuration order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.clients.iter().map(|c| c.name.as_str())
     }
 
     pub fn len(&self) -> usize {
@@ -195,10 +216,13 @@ mod tests {
             per_second: 1.0,
             burst: 1,
         };
-        ClientRegistry::from_config(&[
-            cfg("a", "key-a", Role::Admin),
-            cfg("b", "key-b", Role::Readonly),
-        ])
+        ClientRegistry::from_config(
+            &[
+                cfg("a", "key-a", Role::Admin),
+                cfg("b", "key-b", Role::Readonly),
+            ],
+            &RateLimitConfig::default(),
+        )
     }
 
     #[test]

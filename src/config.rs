@@ -23,6 +23,7 @@ pub struct Config {
     pub log: LogConfig,
     pub cache: CacheConfig,
     pub audit: AuditConfig,
+    pub rate_limit: RateLimitConfig,
     pub clients: Vec<ClientConfig>,
 }
 
@@ -165,6 +166,43 @@ impl Default for AuditConfig {
     }
 }
 
+/// Rate limits: per team (in `[[clients]]`) and for the one shared Contabo credential.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// false turns every limit off (per team and upstream budget); upstream 429s still pause.
+    pub enabled: bool,
+    /// Calls per second that all teams together may send to Contabo (cache hits do not count).
+    pub upstream_per_second: f64,
+    /// Calls that may go to Contabo at once above the sustained rate.
+    pub upstream_burst: u32,
+    /// Longest a call waits in the fair queue for upstream budget before it gets 429.
+    pub max_wait_ms: u64,
+    /// Redis shared by the replicas ("" = limits kept in this process). Env: GATEWAY_REDIS_URL.
+    pub redis_url: String,
+    /// Prefix of the Redis keys (replicas of one deployment share it).
+    pub redis_key_prefix: String,
+    /// Replicas of the deployment: while Redis is unreachable each keeps 1/replicas of the limits.
+    pub replicas: u32,
+    /// Tokens a call of an operation costs (default 1), by operationId or "METHOD /v1/path".
+    pub route_costs: std::collections::BTreeMap<String, u32>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            upstream_per_second: 10.0,
+            upstream_burst: 20,
+            max_wait_ms: 2000,
+            redis_url: String::new(),
+            redis_key_prefix: "contabo-gateway:ratelimit".into(),
+            replicas: 1,
+            route_costs: Default::default(),
+        }
+    }
+}
+
 /// One team: its key (as a SHA-256 digest), its role and its rate limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -298,6 +336,7 @@ impl Config {
         set("CONTABO_API_URL", &mut self.upstream.api_url);
         set("CONTABO_AUTH_URL", &mut self.upstream.auth_url);
         set("GATEWAY_REDIS_URL", &mut self.cache.redis_url);
+        set("GATEWAY_REDIS_URL", &mut self.rate_limit.redis_url);
         set("GATEWAY_DATABASE_URL", &mut self.audit.database_url);
     }
 
@@ -350,6 +389,74 @@ impl Config {
             problems.push("audit.max_body_bytes must be at least 1".into());
         }
         problems.extend(self.client_problems());
+        problems.extend(self.rate_limit_problems());
+        problems
+    }
+
+    fn rate_limit_problems(&self) -> Vec<String> {
+        let r = &self.rate_limit;
+        let mut problems = Vec::new();
+        if !(r.upstream_per_second.is_finite() && r.upstream_per_second > 0.0) {
+            problems.push(format!(
+                "rate_limit.upstream_per_second = {} must be a number above 0 \
+                 (Contabo's limit for the shared credential, e.g. 10)",
+                r.upstream_per_second
+            ));
+        }
+        if r.upstream_burst < 1 {
+            problems.push("rate_limit.upstream_burst must be at least 1".into());
+        }
+        if r.replicas < 1 {
+            problems.push("rate_limit.replicas must be at least 1".into());
+        }
+        if r.max_wait_ms > 60_000 {
+            problems.push(format!(
+                "rate_limit.max_wait_ms = {} is above 60000; a caller should not wait a minute",
+                r.max_wait_ms
+            ));
+        }
+        if !r.redis_url.is_empty() && redis::Client::open(r.redis_url.as_str()).is_err() {
+            problems.push(format!(
+                "rate_limit.redis_url = {:?} is not a Redis URL, e.g. \"redis://127.0.0.1:6379\"",
+                r.redis_url
+            ));
+        }
+        if r.redis_key_prefix.is_empty() {
+            problems.push("rate_limit.redis_key_prefix must not be empty".into());
+        }
+        for (route, &cost) in &r.route_costs {
+            if crate::ratelimit::cost::resolve_route(route).is_none() {
+                problems.push(format!(
+                    "rate_limit.route_costs: {route:?} is not an operation of the Contabo API; \
+                     use its operationId (e.g. \"createInstance\") or \"METHOD /v1/path\" as in the \
+                     spec (e.g. \"POST /v1/compute/instances\")"
+                ));
+                continue;
+            }
+            if cost < 1 {
+                problems.push(format!(
+                    "rate_limit.route_costs.{route} = 0: a cost must be at least 1"
+                ));
+            }
+            if cost > r.upstream_burst {
+                problems.push(format!(
+                    "rate_limit.route_costs.{route} = {cost} is above rate_limit.upstream_burst = {}; \
+                     such a call could never go upstream",
+                    r.upstream_burst
+                ));
+            }
+            for c in self
+                .clients
+                .iter()
+                .filter(|c| c.burst >= 1 && cost > c.burst)
+            {
+                problems.push(format!(
+                    "rate_limit.route_costs.{route} = {cost} is above the burst ({}) of client {:?}, \
+                     which could then never make that call; raise its burst or lower the cost",
+                    c.burst, c.name
+                ));
+            }
+        }
         problems
     }
 
@@ -489,6 +596,41 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_problems_are_explained() {
+        let cfg = Config::from_toml(
+            r#"
+            [rate_limit]
+            upstream_per_second = -1
+            upstream_burst = 0
+            replicas = 0
+            [rate_limit.route_costs]
+            createInstances = 2
+            "POST /v1/compute/instances" = 4
+            [[clients]]
+            name = "small"
+            key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+            role = "admin"
+            per_second = 0.5
+            burst = 3
+            "#,
+        )
+        .unwrap();
+        let p = cfg.problems().join("\n");
+        for needle in [
+            "upstream_per_second = -1 must be a number above 0",
+            "upstream_burst must be at least 1",
+            "replicas must be at least 1",
+            "\"createInstances\" is not an operation of the Contabo API",
+            "above rate_limit.upstream_burst",
+            "above the burst (3) of client \"small\"",
+        ] {
+            assert!(p.contains(needle), "missing {needle:?} in:\n{p}");
+        }
+        let negative = Config::from_toml("[rate_limit]\nupstream_burst = -2\n").unwrap_err();
+        assert!(negative.contains("upstream_burst"), "{negative}");
+    }
+
+    #[test]
     fn bad_role_is_explained() {
         let err =
             Config::from_toml("[[clients]]\nname='a'\nkey_sha256='00'\nrole='root'\n").unwrap_err();
@@ -504,6 +646,9 @@ mod tests {
             _ => None,
         });
         assert_eq!(cfg.server.listen, "127.0.0.1:2");
+        cfg.apply_env(|k| (k == "GATEWAY_REDIS_URL").then(|| "redis://127.0.0.1:1".into()));
+        assert_eq!(cfg.cache.redis_url, "redis://127.0.0.1:1");
+        assert_eq!(cfg.rate_limit.redis_url, "redis://127.0.0.1:1");
         assert_eq!(cfg.upstream.api_url, "http://127.0.0.1:9");
     }
 }

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use serde_json::json;
 
+use crate::ratelimit;
 use crate::request_id::RequestId;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,6 +47,25 @@ pub enum GatewayError {
         "the audit log cannot be written ({0}); mutating calls are refused until it can, retry later"
     )]
     AuditUnavailable(String),
+    #[error(
+        "team {team} is over its rate limit ({} calls/s, burst {}); retry after {} s",
+        quota.policy.per_second,
+        quota.policy.burst,
+        crate::ratelimit::headers::whole_seconds(quota.decision.retry_after).max(1)
+    )]
+    RateLimited {
+        team: String,
+        quota: Box<crate::ratelimit::Quota>,
+    },
+    #[error(
+        "the shared Contabo credential's call budget (rate_limit.upstream_per_second) is used up \
+         and the call waited its {max_wait_ms} ms; retry after {} s",
+        crate::ratelimit::headers::whole_seconds(*retry_after).max(1)
+    )]
+    UpstreamBudgetExhausted {
+        retry_after: std::time::Duration,
+        max_wait_ms: u64,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -63,6 +83,9 @@ impl GatewayError {
             | GatewayError::BadUpstreamResponse(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::RateLimited { .. } | GatewayError::UpstreamBudgetExhausted { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,6 +113,8 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::BadUpstreamResponse(_) => "bad_upstream_response",
             GatewayError::AuditUnavailable(_) => "audit_unavailable",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::UpstreamBudgetExhausted { .. } => "upstream_budget_exhausted",
             GatewayError::Internal(_) => "internal_error",
         }
     }
@@ -104,14 +129,23 @@ impl GatewayError {
         let mut response = (self.status(), axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(crate::request_id::HEADER, request_id.header_value());
-        if let GatewayError::CredentialUnusable {
-            retry_after_secs, ..
-        } = &self
-        {
-            headers.insert(
-                http::header::RETRY_AFTER,
-                HeaderValue::from(*retry_after_secs),
-            );
+        match &self {
+            GatewayError::CredentialUnusable {
+                retry_after_secs, ..
+            } => {
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(*retry_after_secs),
+                );
+            }
+            GatewayError::RateLimited { quota, .. } => {
+                ratelimit::headers::retry_after(headers, quota.decision.retry_after);
+                quota.apply(headers);
+            }
+            GatewayError::UpstreamBudgetExhausted { retry_after, .. } => {
+                ratelimit::headers::retry_after(headers, *retry_after);
+            }
+            _ => {}
         }
         response
     }

@@ -12,6 +12,7 @@ pub mod clients;
 pub mod config;
 pub mod error;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod redact;
 pub mod request_id;
 pub mod routes;

@@ -10,7 +10,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    GatewayProcess, admin_client_block, announce_skip, http, spawn_gateway_process, test_redis_url,
+    GatewayProcess, PrivateRedis, admin_client_block, announce_skip, free_port, http,
+    spawn_gateway_process, test_redis_url,
 };
 use contabo_gateway::sandbox::{Sandbox, SandboxOptions};
 
@@ -135,54 +136,9 @@ async fn a_write_through_one_replica_invalidates_the_other() {
     );
 }
 
-/// A private redis-server on a free port, so the test can stop and restart it.
-struct PrivateRedis {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> Option<Self> {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        Some(Self {
-            port,
-            child: Some(child),
-        })
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[tokio::test]
 async fn losing_redis_falls_back_to_the_short_ttl_and_recovers() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let Some(mut redis) = PrivateRedis::start(port) else {
         announce_skip(
             "the Redis outage cache test",

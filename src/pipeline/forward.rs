@@ -6,20 +6,58 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, Method, header};
+use std::time::Instant;
+
+use http::{HeaderMap, Method, StatusCode, header};
 use secrecy::SecretString;
 
 use super::CallContext;
 use crate::app::Gateway;
 use crate::clients::Client;
 use crate::error::GatewayError;
+use crate::ratelimit;
 use crate::redact;
 use crate::request_id;
 use crate::routes::{CacheGroup, Operation};
 use crate::upstream::{OutgoingCall, headers};
 
-/// Sends the call upstream with the gateway's token and the call's request id.
+/// Sends the call upstream with the gateway's token and the call's request id, once the upstream
+/// budget pays for it. After an upstream 429 every upstream call pauses; an idempotent read is
+/// sent once more after the pause when that still fits in `max_wait_ms`, a write never is.
 pub async fn forward(
+    gw: &Gateway,
+    call: &CallContext,
+    parts: &Parts,
+    body: Bytes,
+) -> Result<reqwest::Response, GatewayError> {
+    let budget = gw.limits.budget();
+    let mut retried = false;
+    loop {
+        gw.limits
+            .upstream_permit(&call.client.name, call.cost, call.started)
+            .await?;
+        let mut response = send(gw, call, parts, body.clone()).await?;
+        if response.status() != StatusCode::TOO_MANY_REQUESTS {
+            budget.upstream_answered();
+            return Ok(response);
+        }
+        let asked = ratelimit::headers::upstream_retry_after(response.headers());
+        let pause = budget.upstream_limited(asked).await;
+        let idempotent = parts.method == Method::GET || parts.method == Method::HEAD;
+        let fits = Instant::now() + pause < call.started + gw.limits.max_wait();
+        if idempotent && !retried && fits {
+            retried = true;
+            continue;
+        }
+        if asked.is_none() {
+            ratelimit::headers::retry_after(response.headers_mut(), pause);
+        }
+        return Ok(response);
+    }
+}
+
+/// One exchange with upstream.
+async fn send(
     gw: &Gateway,
     call: &CallContext,
     parts: &Parts,

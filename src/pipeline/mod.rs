@@ -2,10 +2,11 @@
 //! ([`run`]):
 //!
 //! request id -> team identity -> route class -> [mutating: audit trail opened] -> path and header
-//! hygiene, permission by role, bounded body (a refusal is audited as rejected) -> [cacheable read:
-//! cache lookup, coalesced miss] -> [mutating: pending audit record committed] -> token + forward
-//! (one retry on 401) -> [write: cache invalidation] -> secret adoption -> redaction for the
-//! caller's role -> [mutating: audit record finalised] -> response with x-request-id.
+//! hygiene, permission by role, team rate limit, bounded body (a refusal is audited as rejected)
+//! -> [cacheable read: cache lookup, coalesced miss] -> [mutating: pending audit record committed]
+//! -> upstream budget (fair queue; upstream 429 pause) -> token + forward (one retry on 401) ->
+//! [write: cache invalidation] -> secret adoption -> redaction for the caller's role ->
+//! [mutating: audit record finalised] -> response with x-request-id and the team's quota.
 //!
 //! The facts every stage needs (request id, client, route class) are gathered once in a
 //! [`CallContext`].
@@ -27,8 +28,10 @@ use tracing::Instrument;
 pub use checks::{check_path, identify};
 
 use crate::app::Gateway;
+use crate::audit::AuditTrail;
 use crate::clients::Client;
 use crate::error::GatewayError;
+use crate::ratelimit::Quota;
 use crate::request_id::{Origin, RequestId};
 use crate::routes::Operation;
 use checks::{authorize, check_header_values, read_body};
@@ -39,6 +42,10 @@ pub struct CallContext {
     pub request_id: RequestId,
     pub client: Arc<Client>,
     pub route: Option<&'static Operation>,
+    /// Rate-limit tokens the call costs (`[rate_limit.route_costs]`, else 1).
+    pub cost: u32,
+    /// When the gateway took the call: the upstream budget's `max_wait_ms` counts from here.
+    pub started: Instant,
 }
 
 /// Everything the router does not serve itself: /v1 and /v1/** go through the pipeline.
@@ -98,10 +105,12 @@ async fn run(
         request_id,
         client,
         route,
+        cost: gw.limits.cost(route),
+        started: Instant::now(),
     };
-    let mut trail = gw.audit.trail(&call, &parts);
-    let body = match admit(gw, &call, &parts, body).await {
-        Ok(body) => body,
+    let trail = gw.audit.trail(&call, &parts);
+    let (body, quota) = match admit(gw, &call, &parts, body).await {
+        Ok(admitted) => admitted,
         Err(refusal) => {
             if let Some(trail) = trail {
                 trail.failed(&refusal, true).await;
@@ -109,18 +118,33 @@ async fn run(
             return Err(refusal);
         }
     };
+    let mut response = proceed(gw, &call, parts, body, trail).await?;
+    if let Some(quota) = quota {
+        quota.apply(response.headers_mut());
+    }
+    Ok(response)
+}
+
+/// An admitted call: from the cache, or forwarded with its audit trail.
+async fn proceed(
+    gw: &Gateway,
+    call: &CallContext,
+    parts: Parts,
+    body: bytes::Bytes,
+    mut trail: Option<AuditTrail<'_>>,
+) -> Result<Response, GatewayError> {
     let cacheable = call
         .route
         .and_then(|r| r.cached_as)
         .filter(|_| parts.method == Method::GET);
     if let (Some(group), true) = (cacheable, gw.cache.enabled()) {
-        return cached::read(gw, &call, &parts, group).await;
+        return cached::read(gw, call, &parts, group).await;
     }
     if let Some(trail) = &mut trail {
         trail.begin(&body, &parts.headers).await?;
     }
-    let forwarded = match forward(gw, &call, &parts, body).await {
-        Ok(upstream) => respond(gw, &call, &parts, upstream, trail.is_some()).await,
+    let forwarded = match forward(gw, call, &parts, body).await {
+        Ok(upstream) => respond(gw, call, &parts, upstream, trail.is_some()).await,
         Err(error) => Err(error),
     };
     match (forwarded, trail) {
@@ -144,17 +168,20 @@ async fn run(
 }
 
 /// The checks a call must pass before anything is sent upstream: path and header hygiene,
-/// permission by role, the bounded body.
+/// permission by role, the team's rate limit, the bounded body. Gives the body and the quota the
+/// team has left (None with limits off).
 async fn admit(
     gw: &Gateway,
     call: &CallContext,
     parts: &Parts,
     body: axum::body::Body,
-) -> Result<bytes::Bytes, GatewayError> {
+) -> Result<(bytes::Bytes, Option<Quota>), GatewayError> {
     check_path(parts.uri.path())?;
     check_header_values(&parts.headers)?;
     authorize(call, parts)?;
-    read_body(body, &parts.headers, gw.config.server.max_body_bytes).await
+    let quota = gw.limits.admit(&call.client, call.cost).await?;
+    let body = read_body(body, &parts.headers, gw.config.server.max_body_bytes).await?;
+    Ok((body, quota))
 }
 
 /// Counts calls in flight; the count drops even when a caller disconnects and the call is dropped.

@@ -185,6 +185,24 @@ async fn contabo_checks(
     if forced_failure {
         return contabo_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
     }
+    let throttled = state
+        .faults
+        .throttle_next_calls
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if throttled {
+        let mut response = contabo_error(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
+        let retry_after = state
+            .faults
+            .throttle_retry_after_secs
+            .load(Ordering::SeqCst);
+        if retry_after > 0 {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, retry_after.into());
+        }
+        return response;
+    }
     next.run(Request::from_parts(parts, body.into())).await
 }
 

@@ -134,6 +134,10 @@ pub struct Faults {
     pub delay_ms: AtomicU64,
     /// Answer the token endpoint 503.
     pub auth_down: AtomicBool,
+    /// Answer this many of the next /v1 calls 429, as Contabo's own rate limit does.
+    pub throttle_next_calls: AtomicU32,
+    /// The retry-after (seconds) of those 429s; 0 sends none.
+    pub throttle_retry_after_secs: AtomicU64,
 }
 
 pub struct SandboxState {

@@ -115,6 +115,9 @@ pub async fn start_gateway(
     config.clients = vec![a, o, r, u];
     let data_dir = tempfile::tempdir().unwrap();
     config.audit.database_url = format!("sqlite://{}/audit.db", data_dir.path().display());
+    // Far above anything a test sends; the rate-limit tests set their own.
+    config.rate_limit.upstream_per_second = 100_000.0;
+    config.rate_limit.upstream_burst = 100_000;
     tweak(&mut config);
     assert!(config.problems().is_empty(), "{:?}", config.problems());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -211,6 +214,12 @@ pub fn spawn_gateway_process(
 ) -> GatewayProcess {
     use std::io::BufRead;
     let path = dir.join(format!("gateway-{}.toml", uuid::Uuid::new_v4()));
+    let mut config_toml = config_toml.to_string();
+    if !config_toml.contains("[rate_limit]") {
+        // Far above anything a test sends; the rate-limit tests set their own.
+        config_toml
+            .push_str("\n[rate_limit]\nupstream_per_second = 100000\nupstream_burst = 100000\n");
+    }
     std::fs::write(&path, config_toml).unwrap();
     let credential = sandbox.state.credential();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_contabo-gateway"))
@@ -266,4 +275,52 @@ pub fn test_redis_url() -> Option<String> {
     std::env::var("GATEWAY_TEST_REDIS_URL")
         .ok()
         .filter(|u| !u.is_empty())
+}
+
+/// A private redis-server on a free port, so the test can stop and restart it.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub fn start(port: u16) -> Option<Self> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Self {
+            port,
+            child: Some(child),
+        })
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
 }

@@ -1,0 +1,247 @@
+//! Limits shared by every replica, kept in Redis: GCRA in one Lua script, so a check-and-take is
+//! atomic whatever the number of replicas.
+//!
+//! When Redis does not answer (within [`REDIS_TIMEOUT`]) the store says so and the caller falls back
+//! to its local limits; the failure is logged loudly once, a reconnection is tried at most every
+//! [`RECONNECT_EVERY`] in the background, and the return to Redis is logged too.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+
+use super::{Decision, Policy};
+
+/// Longest a limit check waits for Redis before the local fallback decides.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often a replica in fallback tries to reach Redis again.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
+/// GCRA: KEYS[1] the bucket (its theoretical arrival time in microseconds), KEYS[2] an optional
+/// pause key that refuses everything while it exists. ARGV: emission interval (microseconds),
+/// burst, cost. Returns {allowed, remaining, retry_after_us, reset_after_us}. The clock is Redis's
+/// own (TIME), so replicas with skewed clocks still agree.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+if KEYS[2] then
+  local pause = redis.call('PTTL', KEYS[2])
+  if pause > 0 then return {0, 0, pause * 1000, pause * 1000} end
+end
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local tolerance = interval * burst
+local new_tat = tat + interval * cost
+local allow_at = new_tat - tolerance
+if allow_at > now then
+  local remaining = math.max(0, math.floor((tolerance - (tat - now)) / interval))
+  return {0, remaining, allow_at - now, tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - now}
+"#;
+
+/// Sets the pause key for ARGV[1] milliseconds unless it already lasts longer.
+const PAUSE: &str = r#"
+local ms = tonumber(ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ms then redis.call('SET', KEYS[1], '1', 'PX', ms) end
+return 1
+"#;
+
+pub struct SharedStore {
+    client: redis::Client,
+    prefix: String,
+    connection: ArcSwapOption<MultiplexedConnection>,
+    gcra: redis::Script,
+    pause: redis::Script,
+    reconnecting: AtomicBool,
+    /// Milliseconds since `epoch` of the last reconnection attempt.
+    last_attempt_ms: AtomicU64,
+    epoch: Instant,
+    /// Whether the last exchange with Redis worked (for status and the one loud log line).
+    healthy: AtomicBool,
+}
+
+impl SharedStore {
+    pub fn new(url: &str, prefix: &str) -> Result<Arc<Self>, String> {
+        let client = redis::Client::open(url)
+            .map_err(|e| format!("rate_limit.redis_url is not usable: {e}"))?;
+        Ok(Arc::new(Self {
+            client,
+            prefix: prefix.to_string(),
+            connection: ArcSwapOption::empty(),
+            gcra: redis::Script::new(GCRA),
+            pause: redis::Script::new(PAUSE),
+            reconnecting: AtomicBool::new(false),
+            last_attempt_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            // Optimistic until proven otherwise, so the first failure is logged.
+            healthy: AtomicBool::new(true),
+        }))
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && self.connection.load().is_some()
+    }
+
+    fn upstream_key(&self) -> String {
+        format!("{}:upstream", self.prefix)
+    }
+
+    fn pause_key(&self) -> String {
+        format!("{}:upstream:pause", self.prefix)
+    }
+
+    /// Takes `cost` tokens from a team's bucket; None when Redis cannot decide.
+    pub async fn take_team(
+        self: &Arc<Self>,
+        key: &str,
+        policy: Policy,
+        cost: u32,
+    ) -> Option<Decision> {
+        self.take(key, None, policy, cost).await
+    }
+
+    /// Takes from the upstream budget, refused while an upstream 429 pause holds; None when Redis
+    /// cannot decide.
+    pub async fn take_upstream(self: &Arc<Self>, policy: Policy, cost: u32) -> Option<Decision> {
+        let (bucket, pause) = (self.upstream_key(), self.pause_key());
+        self.take(&bucket, Some(&pause), policy, cost).await
+    }
+
+    /// Tells every replica to hold upstream calls for `wait`.
+    pub async fn pause_upstream(self: &Arc<Self>, wait: Duration) {
+        let Some(connection) = self.connection().await else {
+            return;
+        };
+        let mut connection = (*connection).clone();
+        let ms = wait.as_millis().max(1) as u64;
+        let mut call = self.pause.key(self.pause_key());
+        call.arg(ms);
+        let result =
+            tokio::time::timeout(REDIS_TIMEOUT, call.invoke_async::<i64>(&mut connection)).await;
+        if let Err(reason) = flatten(result) {
+            self.failed(&reason);
+        }
+    }
+
+    async fn take(
+        self: &Arc<Self>,
+        bucket: &str,
+        pause: Option<&str>,
+        policy: Policy,
+        cost: u32,
+    ) -> Option<Decision> {
+        let connection = self.connection().await?;
+        let mut connection = (*connection).clone();
+        let mut invocation = self.gcra.key(bucket);
+        if let Some(pause) = pause {
+            invocation.key(pause);
+        }
+        let interval_us = policy.interval().as_secs_f64() * 1e6;
+        invocation.arg(interval_us).arg(policy.burst).arg(cost);
+        let result = tokio::time::timeout(
+            REDIS_TIMEOUT,
+            invocation.invoke_async::<(i64, i64, i64, i64)>(&mut connection),
+        )
+        .await;
+        match flatten(result) {
+            Ok((allowed, remaining, retry_us, reset_us)) => {
+                self.recovered();
+                let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
+                Some(Decision {
+                    allowed: allowed == 1,
+                    remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
+                    retry_after: micros(retry_us),
+                    reset_after: micros(reset_us),
+                })
+            }
+            Err(reason) => {
+                self.failed(&reason);
+                None
+            }
+        }
+    }
+
+    /// The live connection, or None (and a background reconnection when one is due).
+    async fn connection(self: &Arc<Self>) -> Option<Arc<MultiplexedConnection>> {
+        if let Some(connection) = self.connection.load_full() {
+            return Some(connection);
+        }
+        self.reconnect_if_due();
+        None
+    }
+
+    fn reconnect_if_due(self: &Arc<Self>) {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_attempt_ms.load(Ordering::Relaxed);
+        if last != 0 && now_ms.saturating_sub(last) < RECONNECT_EVERY.as_millis() as u64 {
+            return;
+        }
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.last_attempt_ms.store(now_ms.max(1), Ordering::Relaxed);
+        let store = self.clone();
+        tokio::spawn(async move {
+            let connected = tokio::time::timeout(
+                REDIS_TIMEOUT * 4,
+                store.client.get_multiplexed_async_connection(),
+            )
+            .await;
+            match flatten(connected) {
+                Ok(connection) => {
+                    store.connection.store(Some(Arc::new(connection)));
+                    store.recovered();
+                }
+                Err(reason) => store.failed(&reason),
+            }
+            store.reconnecting.store(false, Ordering::Release);
+        });
+    }
+
+    fn failed(&self, reason: &str) {
+        self.connection.store(None);
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                %reason,
+                "Redis for rate limits is unreachable: each replica now enforces its own share of \
+                 the limits (limits / rate_limit.replicas) until Redis is back"
+            );
+        }
+    }
+
+    fn recovered(&self) {
+        if !self.healthy.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                "Redis for rate limits is back: limits are shared across replicas again"
+            );
+        }
+    }
+
+    /// Connects now (at start-up), so the first calls already use Redis.
+    pub async fn connect(self: &Arc<Self>) {
+        self.reconnect_if_due();
+        for _ in 0..20 {
+            if !self.reconnecting.load(Ordering::Acquire) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+fn flatten<T>(
+    result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+) -> Result<T, String> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", REDIS_TIMEOUT.as_millis())),
+    }
+}
