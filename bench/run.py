@@ -11,6 +11,8 @@
 - Load: wrk, alternating gateway and nginx in every round. Scenarios: GET passthrough (uncached
   route), cache hit, POST passthrough (1 KiB JSON), and a fixed-rate latency run (direct to upstream,
   gateway, nginx) for p50/p99/p999 and the latency each proxy adds.
+- Gateway-only rows: audited POST (SQLite, PostgreSQL at BENCH_POSTGRES_URL) against the un-audited
+  gateway, and GET passthrough with rate limits local / in Redis (BENCH_REDIS_URL) / off.
 - Output: a markdown table on stdout and in bench/results/latest.md, with the gateway's peak RSS.
 Loopback only; installs nginx and wrk from Debian's packages when missing.
 """
@@ -147,11 +149,18 @@ http {{
 """
 
 
-def gateway_conf(port, upstream_port, key_digest, audit_url=None):
+def gateway_conf(port, upstream_port, key_digest, audit_url=None, limits="local", redis_url=""):
+    """limits: "off", "local" or "redis"; when on, every limit is far above the load."""
     audit = f'enabled = true\ndatabase_url = "{audit_url}"' if audit_url else "enabled = false"
+    rate_limit = "enabled = false" if limits == "off" else "enabled = true"
+    rate_limit += "\nupstream_per_second = 10000000\nupstream_burst = 10000000"
+    if limits == "redis":
+        rate_limit += f'\nredis_url = "{redis_url}"\nredis_key_prefix = "bench-{secrets.token_hex(6)}"'
     return f"""
 [audit]
 {audit}
+[rate_limit]
+{rate_limit}
 [server]
 listen = "127.0.0.1:{port}"
 [upstream]
@@ -168,6 +177,18 @@ role = "admin"
 per_second = 1000000
 burst = 1000000
 """
+
+
+def redis_url():
+    """The Redis at BENCH_REDIS_URL (default: the local one), if it answers PING."""
+    url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+    host, _, port = url.split("//", 1)[1].rsplit("/", 1)[0].partition(":")
+    try:
+        with socket.create_connection((host, int(port or 6379)), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return url if s.recv(16).startswith(b"+PONG") else None
+    except OSError:
+        return None
 
 
 def postgres_schema_url():
@@ -253,10 +274,18 @@ def main():
     if pg:
         audited["PostgreSQL"] = pg
     audited_ports = {backend: free_port() for backend in audited}
+    # Gateways for the rate-limit rows: the main gateway has local limits on; these have them off,
+    # and in Redis.
+    limiters = {"off": free_port()}
+    redis = redis_url()
+    if redis:
+        limiters["redis"] = free_port()
     configs = [("upstream.conf", upstream_conf(work, up_port)),
                ("proxy.conf", nginx_proxy_conf(work, nginx_port, up_port)),
                ("gateway.toml", gateway_conf(gw_port, up_port, digest))]
     configs += [(f"gateway-{b}.toml", gateway_conf(audited_ports[b], up_port, digest, url)) for b, url in audited.items()]
+    configs += [(f"gateway-limits-{kind}.toml", gateway_conf(port, up_port, digest, limits=kind, redis_url=redis))
+                for kind, port in limiters.items()]
     for name, text in configs:
         with open(os.path.join(work, name), "w") as f:
             f.write(text)
@@ -274,7 +303,13 @@ def main():
         for backend in audited:
             procs.append(start([binary, "serve", "--config", os.path.join(work, f"gateway-{backend}.toml")], env=env,
                                log=open(os.path.join(work, f"gateway-{backend}.log"), "w")))
+        for kind in limiters:
+            procs.append(start([binary, "serve", "--config", os.path.join(work, f"gateway-limits-{kind}.toml")],
+                               env=env, log=open(os.path.join(work, f"gateway-limits-{kind}.log"), "w")))
         up, ng, gw = (f"http://127.0.0.1:{p}" for p in (up_port, nginx_port, gw_port))
+        limiter_urls = {"local": gw} | {k: f"http://127.0.0.1:{p}" for k, p in limiters.items()}
+        for url in limiter_urls.values():
+            wait_for(url + "/v1/compute/instances", {"Authorization": f"Bearer {key}"})
         audited_urls = {b: f"http://127.0.0.1:{p}" for b, p in audited_ports.items()}
         for url in audited_urls.values():
             wait_for(url + "/v1/compute/instances", {"Authorization": f"Bearer {key}"})
@@ -308,6 +343,16 @@ def main():
                     audit_results[backend][kind].append(r)
                     print(f"round {round_no + 1} audited POST ({backend}) {kind:8} {r['rps']:>10.0f} req/s  "
                           f"p50 {ms(r['p50_us'])} ms  p99 {ms(r['p99_us'])} ms", flush=True)
+
+        limit_results = {kind: [] for kind in limiter_urls}
+        for round_no in range(args.rounds):
+            kinds = list(limiter_urls) if round_no % 2 == 0 else list(reversed(limiter_urls))
+            for kind in kinds:
+                r = wrk(limiter_urls[kind] + "/v1/compute/instances", key, seconds=args.seconds,
+                        connections=args.connections)
+                limit_results[kind].append(r)
+                print(f"round {round_no + 1} rate limits {kind:8} {r['rps']:>10.0f} req/s  "
+                      f"p50 {ms(r['p50_us'])} ms  p99 {ms(r['p99_us'])} ms", flush=True)
 
         latency = {}
         latency_connections = 16
@@ -350,6 +395,21 @@ def main():
         lines.append(f"| {backend} | {a:,.0f} | {p:,.0f} | {a / p:.2f} | {ms(ap50)} / {ms(ap99)} |")
     if "PostgreSQL" not in audit_results:
         lines.append("| PostgreSQL | not run: no PostgreSQL at BENCH_POSTGRES_URL | | | |")
+    lines.append("")
+    lines.append("Rate limiting (GET passthrough; team limit and upstream budget on but far above the load) "
+                 "against the same gateway with limits off:")
+    lines.append("")
+    lines.append("| limits | req/s | vs off | p50 / p99 ms |")
+    lines.append("|---|---:|---:|---:|")
+    off_rps = statistics.median(x["rps"] for x in limit_results["off"])
+    for kind, label in (("off", "off"), ("local", "local (governor)"), ("redis", "Redis (shared GCRA)")):
+        if kind not in limit_results:
+            lines.append(f"| {label} | not run: no Redis at BENCH_REDIS_URL | | |")
+            continue
+        rs = limit_results[kind]
+        rps = statistics.median(x["rps"] for x in rs)
+        p50, p99 = (statistics.median(x[k] for x in rs) for k in ("p50_us", "p99_us"))
+        lines.append(f"| {label} | {rps:,.0f} | {rps / off_rps:.2f} | {ms(p50)} / {ms(p99)} |")
     lines.append("")
     lines.append(f"Latency at a fixed {args.rate} req/s (GET passthrough, {latency_connections} connections):")
     lines.append("")

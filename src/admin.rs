@@ -131,6 +131,20 @@ pub async fn status(State(gw): State<Arc<Gateway>>, _: Admin) -> Response {
     .into_response()
 }
 
+/// Prometheus metrics (text format). Like the probes it needs no key: scrapers rarely carry one.
+/// It names teams but carries no secret; keep the port off the public network.
+pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    let text = crate::metrics::render(&gw).await;
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 /// Admin: entries, bytes, hits, misses and evictions of the response cache.
 pub async fn cache_stats(State(gw): State<Arc<Gateway>>, _: Admin) -> Response {
     Json(gw.cache.stats().await).into_response()

@@ -19,7 +19,7 @@ use tower::ServiceExt;
 use crate::audit::AuditLog;
 use crate::cache::ResponseCache;
 use crate::clients::ClientRegistry;
-use crate::config::{Config, Credentials};
+use crate::config::{ClientConfig, Config, Credentials};
 use crate::ratelimit::RateLimits;
 use crate::routes::RouteTable;
 use crate::upstream::Upstream;
@@ -41,6 +41,7 @@ impl Gateway {
     pub fn new(config: Config, credentials: Credentials) -> Result<Self, String> {
         let upstream = Upstream::new(&config.upstream, credentials, config.worker_count())?;
         let cache = Arc::new(ResponseCache::new(&config.cache)?);
+        crate::metrics::handle();
         Ok(Self {
             audit: AuditLog::start(&config.audit),
             limits: RateLimits::new(&config.rate_limit)?,
@@ -60,6 +61,25 @@ impl Gateway {
     pub fn clients(&self) -> arc_swap::Guard<Arc<ClientRegistry>> {
         self.clients.load()
     }
+
+    /// Swaps in the teams of a new configuration; calls in flight keep the team they hold.
+    pub fn replace_clients(&self, clients: &[ClientConfig]) -> crate::reload::Reloaded {
+        let old = self.clients.load_full();
+        let new = old.reloaded(clients, &self.config.rate_limit);
+        let names = |r: &ClientRegistry| {
+            r.names()
+                .map(str::to_string)
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let (before, after) = (names(&old), names(&new));
+        let reloaded = crate::reload::Reloaded {
+            added: after.difference(&before).cloned().collect(),
+            removed: before.difference(&after).cloned().collect(),
+            teams: new.len(),
+        };
+        self.clients.store(Arc::new(new));
+        reloaded
+    }
 }
 
 /// The router: gateway endpoints under /_gateway, Contabo calls (/v1/**) through the pipeline,
@@ -69,6 +89,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/_gateway/health", get(admin::health))
         .route("/_gateway/ready", get(admin::ready))
         .route("/_gateway/status", get(admin::status))
+        .route("/_gateway/metrics", get(admin::metrics))
         .route("/_gateway/audit", get(admin::audit_query))
         .route("/_gateway/audit/verify", get(admin::audit_verify))
         .route(

@@ -333,6 +333,7 @@ pub fn new_key(name: &str, role: Role) -> String {
 
 async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<(), String> {
     let mut sandbox = None;
+    let mut sandbox_clients = Vec::new();
     let credentials = if use_sandbox {
         let sb = Sandbox::start(SandboxOptions::default())
             .await
@@ -340,7 +341,8 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
         config.upstream.api_url = sb.api_url();
         config.upstream.auth_url = sb.auth_url();
         let (key, client) = sandbox_admin_client();
-        config.clients.push(client);
+        config.clients.push(client.clone());
+        sandbox_clients.push(client);
         println!("sandbox upstream: {}", sb.api_url());
         println!("sandbox admin key (this run only): {key}");
         let credentials = sb.credentials();
@@ -356,6 +358,9 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
     let gateway = Arc::new(Gateway::new(config, credentials)?);
     println!("contabo-gateway listening on http://{addr} (config: {source})");
     tracing::info!(%addr, config = %source, sandbox = use_sandbox, workers, "gateway started");
+    #[cfg(unix)]
+    let _reloader = crate::reload::on_sighup(gateway.clone(), source, sandbox_clients)
+        .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
     app::serve_workers(gateway, listeners, shutdown::signal())
         .await
         .map_err(|e| format!("server error: {e}"))?;

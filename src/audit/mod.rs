@@ -77,6 +77,11 @@ impl AuditLog {
         self.health.read().expect("health lock").clone()
     }
 
+    /// Records waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.ops.max_capacity() - self.ops.capacity()
+    }
+
     /// Waits until every record sent so far is committed (used on shutdown and by tests).
     pub async fn flush(&self) {
         let (reply, done) = oneshot::channel();

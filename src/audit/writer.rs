@@ -75,6 +75,7 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "audit batch written"
         );
+        crate::metrics::audit_batch(batch.len(), started.elapsed(), result.is_ok());
         if let Err(reason) = &result {
             tracing::error!(%reason, records = batch.len(), "audit write failed");
             *health.write().expect("health lock") = Err(reason.clone());

@@ -15,6 +15,7 @@ use super::CallContext;
 use crate::app::Gateway;
 use crate::clients::Client;
 use crate::error::GatewayError;
+use crate::metrics;
 use crate::ratelimit;
 use crate::redact;
 use crate::request_id;
@@ -73,14 +74,24 @@ async fn send(
         .uri
         .path_and_query()
         .map_or(parts.uri.path(), |pq| pq.as_str());
-    gw.upstream
+    let started = Instant::now();
+    let response = gw
+        .upstream
         .send(&OutgoingCall {
             method: &parts.method,
             path_and_query,
             headers,
             body,
         })
-        .await
+        .await?;
+    let route = call.route.map_or("unknown", |r| r.operation_id);
+    metrics::upstream_answered(
+        route,
+        &parts.method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    Ok(response)
 }
 
 /// The caller's response to a forwarded (not cached) call, and the body when `capture` asks for it

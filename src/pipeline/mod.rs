@@ -31,6 +31,7 @@ use crate::app::Gateway;
 use crate::audit::AuditTrail;
 use crate::clients::Client;
 use crate::error::GatewayError;
+use crate::metrics;
 use crate::ratelimit::Quota;
 use crate::request_id::{Origin, RequestId};
 use crate::routes::Operation;
@@ -75,32 +76,50 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Respons
         }
         let _in_flight = InFlight::enter(&gw);
         let started = Instant::now();
-        let response = match run(&gw, request, request_id.clone()).await {
+        let method = request.method().clone();
+        let mut labels = CallLabels::default();
+        let response = match run(&gw, request, request_id.clone(), &mut labels).await {
             Ok(response) => response,
             Err(error) => error.into_response_with(&request_id),
         };
+        let took = started.elapsed();
+        let status = response.status().as_u16();
         tracing::info!(
-            status = response.status().as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            status,
+            duration_ms = took.as_secs_f64() * 1000.0,
             "call finished"
         );
+        if let Some(client) = &labels.client {
+            metrics::call_finished(labels.route, &method, status, &client.name, took);
+        }
         response
     }
     .instrument(span)
     .await
 }
 
+/// What the call's metrics are labelled with, learnt as the pipeline goes (an unidentified
+/// caller has no client and is not counted per team).
+#[derive(Default)]
+struct CallLabels {
+    client: Option<Arc<Client>>,
+    route: &'static str,
+}
+
 async fn run(
     gw: &Gateway,
     request: Request,
     request_id: RequestId,
+    labels: &mut CallLabels,
 ) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
     let client = identify(gw, &parts.headers)?;
     let route = gw.routes.find(&parts.method, parts.uri.path());
     let span = tracing::Span::current();
     span.record("client", client.name.as_str());
-    span.record("route", route.map_or("unknown", |r| r.operation_id));
+    labels.route = route.map_or("unknown", |r| r.operation_id);
+    span.record("route", labels.route);
+    labels.client = Some(client.clone());
     let call = CallContext {
         request_id,
         client,

@@ -203,6 +203,7 @@ impl UpstreamBudget {
         };
         let until = (self.epoch.elapsed() + pause).as_millis() as u64;
         self.paused_until_ms.fetch_max(until, Ordering::AcqRel);
+        crate::metrics::upstream_paused(pause);
         tracing::warn!(
             pause_ms = pause.as_millis() as u64,
             "Contabo answered 429: every upstream call is held for the pause"

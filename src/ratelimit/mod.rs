@@ -195,6 +195,7 @@ impl RateLimits {
         if quota.decision.allowed {
             Ok(Some(quota))
         } else {
+            crate::metrics::team_rate_limited(&client.name);
             Err(GatewayError::RateLimited {
                 team: client.name.clone(),
                 quota: Box::new(quota),
@@ -219,13 +220,19 @@ impl RateLimits {
                     tokio::time::sleep(pause).await;
                     Ok(())
                 }
-                Some(pause) => Err(self.exhausted(pause)),
+                Some(pause) => {
+                    crate::metrics::upstream_budget_exhausted(team);
+                    Err(self.exhausted(pause))
+                }
             };
         }
         self.budget
             .acquire(team, cost, deadline)
             .await
-            .map_err(|wait| self.exhausted(wait))
+            .map_err(|wait| {
+                crate::metrics::upstream_budget_exhausted(team);
+                self.exhausted(wait)
+            })
     }
 
     fn exhausted(&self, retry_after: Duration) -> GatewayError {

@@ -184,6 +184,16 @@ pub const VALID_REQUEST_ID: &str = "04e0f898-37b4-48bc-a794-1a57abe6aa31";
 pub struct GatewayProcess {
     pub url: String,
     pub child: std::process::Child,
+    /// The config file it was started with (rewrite it and send SIGHUP to reload).
+    pub config_path: std::path::PathBuf,
+    /// Where its log (stderr) goes.
+    pub log_path: std::path::PathBuf,
+}
+
+impl GatewayProcess {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
 }
 
 impl GatewayProcess {
@@ -213,7 +223,9 @@ pub fn spawn_gateway_process(
     database_url: Option<&str>,
 ) -> GatewayProcess {
     use std::io::BufRead;
-    let path = dir.join(format!("gateway-{}.toml", uuid::Uuid::new_v4()));
+    let id = uuid::Uuid::new_v4();
+    let path = dir.join(format!("gateway-{id}.toml"));
+    let log_path = dir.join(format!("gateway-{id}.log"));
     let mut config_toml = config_toml.to_string();
     if !config_toml.contains("[rate_limit]") {
         // Far above anything a test sends; the rate-limit tests set their own.
@@ -244,7 +256,7 @@ pub fn spawn_gateway_process(
         .env("CONTABO_API_PASSWORD", &credential.password)
         .env_remove("GATEWAY_REDIS_URL")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -252,7 +264,12 @@ pub fn spawn_gateway_process(
         let line = line.unwrap();
         if let Some(rest) = line.strip_prefix("contabo-gateway listening on ") {
             let url = rest.split_whitespace().next().unwrap().to_string();
-            return GatewayProcess { url, child };
+            return GatewayProcess {
+                url,
+                child,
+                config_path: path,
+                log_path,
+            };
         }
     }
     let _ = child.kill();

@@ -1,0 +1,143 @@
+//! Prometheus metrics (the `metrics` facade, rendered by `metrics-exporter-prometheus` at
+//! GET /_gateway/metrics): what operators need to see the gateway at work.
+//!
+//! Events are recorded where they happen (a call finished, an upstream answer, a rate-limit
+//! refusal, an audit batch); levels kept elsewhere (cache size, token life, queue depths, grant
+//! counts) are read at scrape time. Names follow Prometheus conventions: units in the name,
+//! `_total` for counters.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use http::Method;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::app::Gateway;
+
+/// Latency buckets (seconds): sub-millisecond gateway work up to Contabo's slowest calls.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's recorder, installed on first use (one per process, shared by every gateway in
+/// it, as the `metrics` facade has one global recorder).
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .expect("the bucket list is not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (an embedding program's): then the gateway's
+        // events go there and this handle renders only the scrape-time levels.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!(
+                "a metrics recorder was already installed; /_gateway/metrics is partial"
+            );
+        }
+        handle
+    })
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// One /v1 call answered by the gateway (whatever answered it: cache, upstream or a refusal).
+pub fn call_finished(
+    route: &'static str,
+    method: &Method,
+    status: u16,
+    client: &str,
+    took: Duration,
+) {
+    let labels = [
+        ("route", route.to_string()),
+        ("method", method_label(method).to_string()),
+        ("status", status.to_string()),
+        ("client", client.to_string()),
+    ];
+    counter!("gateway_calls_total", &labels).increment(1);
+    histogram!("gateway_call_duration_seconds", &labels).record(took.as_secs_f64());
+}
+
+/// One exchange with Contabo's API (the 401 retry counts as a second one).
+pub fn upstream_answered(route: &'static str, method: &Method, status: u16, took: Duration) {
+    let labels = [
+        ("route", route.to_string()),
+        ("method", method_label(method).to_string()),
+        ("status", status.to_string()),
+    ];
+    counter!("gateway_upstream_requests_total", &labels).increment(1);
+    histogram!("gateway_upstream_duration_seconds", &labels).record(took.as_secs_f64());
+}
+
+/// A team over its own limit got 429.
+pub fn team_rate_limited(client: &str) {
+    counter!("gateway_rate_limited_total", "client" => client.to_string(), "limit" => "team")
+        .increment(1);
+}
+
+/// A call gave up waiting for the upstream budget and got 429.
+pub fn upstream_budget_exhausted(client: &str) {
+    counter!("gateway_rate_limited_total", "client" => client.to_string(), "limit" => "upstream")
+        .increment(1);
+}
+
+/// Contabo answered 429 and upstream calls were paused.
+pub fn upstream_paused(pause: Duration) {
+    counter!("gateway_upstream_pauses_total").increment(1);
+    counter!("gateway_upstream_paused_seconds_total").increment(pause.as_secs());
+}
+
+/// One audit batch committed (or not).
+pub fn audit_batch(records: usize, took: Duration, ok: bool) {
+    histogram!("gateway_audit_write_duration_seconds").record(took.as_secs_f64());
+    if ok {
+        counter!("gateway_audit_records_written_total").increment(records as u64);
+    } else {
+        counter!("gateway_audit_write_failures_total").increment(1);
+    }
+}
+
+/// The Prometheus text: levels read now, then everything recorded.
+pub async fn render(gw: &Gateway) -> String {
+    let cache = gw.cache.stats().await;
+    counter!("gateway_cache_hits_total", "kind" => "fresh").absolute(cache.hits);
+    counter!("gateway_cache_hits_total", "kind" => "stale").absolute(cache.stale_hits);
+    counter!("gateway_cache_misses_total").absolute(cache.misses);
+    counter!("gateway_cache_evictions_total").absolute(cache.evictions);
+    gauge!("gateway_cache_bytes").set(cache.bytes as f64);
+    gauge!("gateway_cache_entries").set(cache.entries as f64);
+
+    let token = gw.upstream.tokens.status();
+    counter!("gateway_token_grants_total", "grant" => "password").absolute(token.password_grants);
+    counter!("gateway_token_grants_total", "grant" => "refresh").absolute(token.refresh_grants);
+    counter!("gateway_token_failures_total").absolute(token.failures);
+    gauge!("gateway_token_remaining_seconds").set(token.expires_in_secs.unwrap_or(0.0));
+
+    gauge!("gateway_upstream_queue_depth").set(gw.limits.budget().queued() as f64);
+    let paused = gw.limits.budget().paused_for().unwrap_or_default();
+    gauge!("gateway_upstream_paused_remaining_seconds").set(paused.as_secs_f64());
+    gauge!("gateway_audit_queue_depth").set(gw.audit.queue_depth() as f64);
+    gauge!("gateway_audit_store_up").set(if gw.audit.health().is_ok() { 1.0 } else { 0.0 });
+    gauge!("gateway_calls_in_flight")
+        .set(gw.in_flight.load(std::sync::atomic::Ordering::Relaxed) as f64);
+
+    let handle = handle();
+    handle.run_upkeep();
+    handle.render()
+}

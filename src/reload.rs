@@ -1,0 +1,68 @@
+//! Configuration reload on SIGHUP: the teams (`[[clients]]`: keys, roles, limits) are read again
+//! and swapped in without dropping a connection. Calls in flight keep the team they started with;
+//! a team whose limits did not change keeps its bucket. A new configuration with any problem is
+//! refused with a log line and the running one stays. Other sections need a restart.
+
+use std::sync::Arc;
+
+use crate::app::Gateway;
+use crate::config::{ClientConfig, Config, Source};
+
+/// What a reload changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub teams: usize,
+}
+
+/// Reads `source` again (with the environment overrides), adds `extra` teams (the sandbox's admin)
+/// and swaps the team registry; Err says why the new configuration was refused.
+pub fn reload(
+    gateway: &Gateway,
+    source: &Source,
+    extra: &[ClientConfig],
+) -> Result<Reloaded, String> {
+    let Source::File(path) = source else {
+        return Err("the gateway runs on built-in defaults: there is no file to reload".into());
+    };
+    let mut config = Config::from_file(path)?;
+    config.apply_env(|name| std::env::var(name).ok());
+    config.clients.extend(extra.iter().cloned());
+    let problems = config.problems();
+    if !problems.is_empty() {
+        return Err(format!(
+            "{} has {} problem(s):\n  - {}",
+            path.display(),
+            problems.len(),
+            problems.join("\n  - ")
+        ));
+    }
+    Ok(gateway.replace_clients(&config.clients))
+}
+
+/// Reloads on every SIGHUP until the process ends.
+#[cfg(unix)]
+pub fn on_sighup(
+    gateway: Arc<Gateway>,
+    source: Source,
+    extra: Vec<ClientConfig>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match reload(&gateway, &source, &extra) {
+                Ok(r) => tracing::info!(
+                    teams = r.teams,
+                    added = ?r.added,
+                    removed = ?r.removed,
+                    "SIGHUP: [[clients]] reloaded (other sections apply at the next restart)"
+                ),
+                Err(reason) => tracing::error!(
+                    %reason,
+                    "SIGHUP: the new configuration is refused; the running one stays"
+                ),
+            }
+        }
+    }))
+}
