@@ -56,6 +56,12 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Probe a running gateway (for container health checks, where no curl exists): exit 0 when
+    /// the URL answers 200, 1 otherwise.
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:8080/_gateway/health")]
+        url: String,
+    },
     /// Query, verify and reconcile the audit log.
     Audit {
         #[arg(long, value_name = "PATH", global = true)]
@@ -147,6 +153,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::CheckConfig { config } => check_config(config),
+        Command::Health { url } => probe(&url),
         Command::Migrate { config } => block_on(migrate(config)),
         Command::Audit { config, command } => block_on(audit(config, command)),
     }
@@ -297,6 +304,45 @@ fn load_valid(path: Option<PathBuf>) -> Result<(Config, Source), String> {
             "the configuration ({source}) has {} problem(s):\n  - {}",
             problems.len(),
             problems.join("\n  - ")
+        ))
+    }
+}
+
+/// One plain HTTP/1.0 GET with a 3 s budget; Ok when the answer is 200.
+fn probe(url: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("--url {url:?}: {e}"))?;
+    if parsed.scheme() != "http" {
+        return Err(format!("--url {url:?}: only http:// is probed"));
+    }
+    let host = parsed.host_str().unwrap_or("127.0.0.1");
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let timeout = std::time::Duration::from_secs(3);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| format!("{url}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url}: no address"))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{url}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).ok();
+    let target = match parsed.query() {
+        Some(query) => format!("{}?{query}", parsed.path()),
+        None => parsed.path().to_string(),
+    };
+    let request = format!("GET {target} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("{url}: {e}"))?;
+    let mut head = [0u8; 32];
+    let read = stream.read(&mut head).map_err(|e| format!("{url}: {e}"))?;
+    let status_line = String::from_utf8_lossy(&head[..read]);
+    if status_line.starts_with("HTTP/1.0 200") || status_line.starts_with("HTTP/1.1 200") {
+        println!("ok: {url}");
+        Ok(())
+    } else {
+        Err(format!(
+            "{url} answered {:?}",
+            status_line.lines().next().unwrap_or("")
         ))
     }
 }

@@ -26,29 +26,14 @@ async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<Strin
             uuid::Uuid::new_v4()
         )),
         Backend::Postgres => {
-            let Some(url) = std::env::var("GATEWAY_TEST_POSTGRES_URL")
-                .ok()
-                .filter(|u| !u.is_empty())
-            else {
+            let url = common::fresh_postgres_url().await;
+            if url.is_none() {
                 announce_skip(
                     "the PostgreSQL audit tests",
                     "GATEWAY_TEST_POSTGRES_URL is not set",
                 );
-                return None;
-            };
-            sqlx::any::install_default_drivers();
-            let schema = format!("audit_test_{}", uuid::Uuid::new_v4().simple());
-            let pool = sqlx::AnyPool::connect(&url)
-                .await
-                .expect("the test PostgreSQL answers");
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-                .execute(&pool)
-                .await
-                .unwrap();
-            let separator = if url.contains('?') { '&' } else { '?' };
-            Some(format!(
-                "{url}{separator}options=-c%20search_path%3D{schema}"
-            ))
+            }
+            url
         }
     }
 }

@@ -222,6 +222,18 @@ pub fn spawn_gateway_process(
     dir: &std::path::Path,
     database_url: Option<&str>,
 ) -> GatewayProcess {
+    spawn_gateway_process_with_env(sandbox, config_toml, dir, database_url, &[])
+}
+
+/// [`spawn_gateway_process`] with more environment variables (GATEWAY_REDIS_URL is removed unless
+/// given here).
+pub fn spawn_gateway_process_with_env(
+    sandbox: &Sandbox,
+    config_toml: &str,
+    dir: &std::path::Path,
+    database_url: Option<&str>,
+    env: &[(&str, &str)],
+) -> GatewayProcess {
     use std::io::BufRead;
     let id = uuid::Uuid::new_v4();
     let path = dir.join(format!("gateway-{id}.toml"));
@@ -255,6 +267,8 @@ pub fn spawn_gateway_process(
         .env("CONTABO_API_USER", &credential.username)
         .env("CONTABO_API_PASSWORD", &credential.password)
         .env_remove("GATEWAY_REDIS_URL")
+        .env_remove("GATEWAY_CONFIG")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
@@ -340,4 +354,25 @@ impl Drop for PrivateRedis {
 pub fn free_port() -> u16 {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     probe.local_addr().unwrap().port()
+}
+
+/// A fresh, empty schema in the PostgreSQL of GATEWAY_TEST_POSTGRES_URL (.ci/run sets it), as a
+/// URL whose connections use it; None when no PostgreSQL is configured.
+pub async fn fresh_postgres_url() -> Option<String> {
+    let url = std::env::var("GATEWAY_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    sqlx::any::install_default_drivers();
+    let schema = format!("audit_test_{}", uuid::Uuid::new_v4().simple());
+    let pool = sqlx::AnyPool::connect(&url)
+        .await
+        .expect("the test PostgreSQL answers");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Some(format!(
+        "{url}{separator}options=-c%20search_path%3D{schema}"
+    ))
 }

@@ -1,0 +1,530 @@
+//! The deployment files under deploy/ (no Docker engine here, so: what can be checked is checked).
+//! The config they carry is valid; Dockerfile, compose file and Kubernetes manifests parse and name
+//! the paths, ports and environment variables the code uses; the systemd unit passes
+//! `systemd-analyze verify`; the probe paths answer; and the binary starts with the compose file's
+//! configuration against the real PostgreSQL and Redis.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::{announce_skip, http, json, spawn_gateway_process_with_env, test_redis_url};
+use contabo_gateway::config::{CREDENTIAL_VARS, Config};
+use contabo_gateway::sandbox::{Sandbox, SandboxOptions};
+use serde_yaml::Value;
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(deploy(path)).unwrap_or_else(|e| panic!("deploy/{path}: {e}"))
+}
+
+fn deploy_config() -> Config {
+    Config::from_file(&deploy("config/gateway.toml")).unwrap()
+}
+
+/// Every environment variable the gateway reads, as the code spells it.
+fn known_env_names() -> Vec<&'static str> {
+    let names = vec![
+        "GATEWAY_CONFIG",
+        "GATEWAY_LISTEN",
+        "GATEWAY_REDIS_URL",
+        "GATEWAY_DATABASE_URL",
+        "CONTABO_API_URL",
+        "CONTABO_AUTH_URL",
+    ];
+    let sources = ["src/config.rs"]
+        .map(|f| std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(f)).unwrap());
+    for name in &names {
+        assert!(
+            sources.iter().any(|s| s.contains(&format!("\"{name}\""))),
+            "{name} is not read by the code any more"
+        );
+    }
+    names.into_iter().chain(CREDENTIAL_VARS).collect()
+}
+
+fn listen_port(config: &Config) -> u16 {
+    config.listen_addr().port()
+}
+
+#[test]
+fn the_deploy_config_is_valid_with_and_without_the_service_urls() {
+    let mut config = deploy_config();
+    assert!(config.problems().is_empty(), "{:?}", config.problems());
+    assert_eq!(listen_port(&config), 8080);
+    assert!(
+        config
+            .audit
+            .database_url
+            .starts_with("sqlite:///var/lib/contabo-gateway/")
+    );
+    config.apply_env(|name| match name {
+        "GATEWAY_DATABASE_URL" => Some("postgres://gateway:pw@postgres:5432/gateway".into()),
+        "GATEWAY_REDIS_URL" => Some("redis://redis:6379".into()),
+        _ => None,
+    });
+    assert!(config.problems().is_empty(), "{:?}", config.problems());
+    assert_eq!(config.rate_limit.redis_url, "redis://redis:6379");
+    assert_eq!(config.cache.redis_url, "redis://redis:6379");
+}
+
+#[test]
+fn the_dockerfile_is_multi_stage_non_root_with_a_health_check() {
+    let dockerfile = read("Dockerfile");
+    let instructions: Vec<(String, String)> = dockerfile
+        .replace("\\\n", " ")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (op, rest) = l.split_once(' ').unwrap_or((l, ""));
+            (op.to_ascii_uppercase(), rest.trim().to_string())
+        })
+        .collect();
+    let of = |op: &str| -> Vec<&str> {
+        instructions
+            .iter()
+            .filter(|(o, _)| o == op)
+            .map(|(_, r)| r.as_str())
+            .collect()
+    };
+    assert!(of("FROM").len() >= 2, "multi-stage");
+    assert!(of("FROM")[0].contains(" AS build"));
+    let user = of("USER").last().copied().expect("a USER instruction");
+    assert!(
+        !user.starts_with('0') && !user.starts_with("root"),
+        "runs as {user}"
+    );
+    let healthcheck = of("HEALTHCHECK").join(" ");
+    assert!(
+        healthcheck.contains("\"health\"")
+            && healthcheck.contains(&format!(
+                "http://127.0.0.1:{}/_gateway/health",
+                listen_port(&deploy_config())
+            )),
+        "{healthcheck}"
+    );
+    // Every source the image copies from the build context exists.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for copy in of("COPY").iter().filter(|c| !c.starts_with("--from")) {
+        let parts: Vec<&str> = copy.split_whitespace().collect();
+        for source in &parts[..parts.len() - 1] {
+            assert!(
+                root.join(source).exists(),
+                "COPY {source}: not in the repository"
+            );
+        }
+    }
+    let config_target = of("COPY")
+        .iter()
+        .find(|c| c.starts_with("deploy/config/gateway.toml"))
+        .map(|c| c.split_whitespace().last().unwrap().to_string())
+        .expect("the image carries the deploy config");
+    assert!(
+        of("ENV")
+            .iter()
+            .any(|e| *e == format!("GATEWAY_CONFIG={config_target}"))
+    );
+    assert!(
+        of("ENTRYPOINT")[0].contains("/usr/local/bin/contabo-gateway")
+            && of("COPY")
+                .iter()
+                .any(|c| c.ends_with(" /usr/local/bin/contabo-gateway"))
+    );
+}
+
+#[tokio::test]
+async fn the_health_probe_command_exits_by_the_answer() {
+    let gw = common::start().await;
+    let probe = |url: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_contabo-gateway"))
+            .args(["health", "--url", &url])
+            .output()
+            .unwrap()
+    };
+    let ok = tokio::task::spawn_blocking({
+        let url = format!("{}/_gateway/health", gw.url);
+        move || probe(url)
+    })
+    .await
+    .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    let missing = tokio::task::spawn_blocking({
+        let url = format!("{}/_gateway/nothing", gw.url);
+        move || probe(url)
+    })
+    .await
+    .unwrap();
+    assert!(!missing.status.success());
+    let closed = probe(format!(
+        "http://127.0.0.1:{}/_gateway/health",
+        common::free_port()
+    ));
+    assert!(!closed.status.success());
+}
+
+fn yaml_env(env: &Value) -> BTreeMap<String, String> {
+    match env {
+        Value::Mapping(m) => m
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other).unwrap().trim().to_string(),
+                };
+                (k.as_str().unwrap().to_string(), v)
+            })
+            .collect(),
+        Value::Sequence(items) => items
+            .iter()
+            .map(|item| {
+                let name = item["name"].as_str().unwrap().to_string();
+                (name, item["value"].as_str().unwrap_or("").to_string())
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+fn compose() -> Value {
+    let mut value: Value = serde_yaml::from_str(&read("docker-compose.yml")).unwrap();
+    value.apply_merge().unwrap();
+    value
+}
+
+fn compose_gateways(compose: &Value) -> Vec<(String, Value)> {
+    compose["services"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.as_str().unwrap().to_string(), v.clone()))
+        .filter(|(name, _)| name.starts_with("gateway"))
+        .collect()
+}
+
+#[test]
+fn the_compose_file_runs_replicas_on_postgres_and_redis() {
+    let compose = compose();
+    let config = deploy_config();
+    let gateways = compose_gateways(&compose);
+    assert_eq!(
+        gateways.len() as u32,
+        config.rate_limit.replicas,
+        "rate_limit.replicas matches the replicas"
+    );
+    let postgres = &compose["services"]["postgres"]["environment"];
+    let known = known_env_names();
+    for (name, service) in &gateways {
+        let env = yaml_env(&service["environment"]);
+        for var in env.keys() {
+            assert!(
+                known.contains(&var.as_str()),
+                "{name}: {var} is not read by the gateway"
+            );
+        }
+        for var in CREDENTIAL_VARS {
+            assert!(env.contains_key(var), "{name}: {var} missing");
+        }
+        let database = env["GATEWAY_DATABASE_URL"].clone();
+        let expected = format!(
+            "postgres://{user}:{user}@postgres:5432/{db}",
+            user = postgres["POSTGRES_USER"].as_str().unwrap(),
+            db = postgres["POSTGRES_DB"].as_str().unwrap()
+        );
+        assert_eq!(
+            database, expected,
+            "{name}: the audit log goes to the compose PostgreSQL"
+        );
+        assert_eq!(env["GATEWAY_REDIS_URL"], "redis://redis:6379");
+        let volume = service["volumes"][0].as_str().unwrap();
+        let (source, rest) = volume.split_once(':').unwrap();
+        let target = rest.trim_end_matches(":ro");
+        assert_eq!(
+            deploy(source.trim_start_matches("./")),
+            deploy("config/gateway.toml")
+        );
+        assert_eq!(env["GATEWAY_CONFIG"], target);
+        let port = service["ports"][0].as_str().unwrap();
+        assert!(
+            port.ends_with(&format!(":{}", listen_port(&config))),
+            "{port}"
+        );
+        let depends = service["depends_on"].as_mapping().unwrap();
+        assert!(depends.contains_key("postgres") && depends.contains_key("redis"));
+    }
+    assert!(
+        compose["services"]["redis"]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("redis")
+    );
+}
+
+fn k8s_documents() -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(&read("k8s/gateway.yaml"))
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .collect()
+}
+
+use serde::Deserialize;
+
+fn k8s(kind: &str) -> Value {
+    k8s_documents()
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in deploy/k8s/gateway.yaml"))
+}
+
+#[tokio::test]
+async fn the_kubernetes_manifests_match_the_code() {
+    let config = deploy_config();
+    let config_map = k8s("ConfigMap");
+    assert_eq!(
+        config_map["data"]["config.toml"].as_str().unwrap(),
+        read("config/gateway.toml"),
+        "the ConfigMap carries deploy/config/gateway.toml unchanged"
+    );
+    let secret = k8s("Secret");
+    for var in CREDENTIAL_VARS {
+        assert!(
+            secret["stringData"].get(var).is_some(),
+            "the Secret lacks {var}"
+        );
+    }
+    let deployment = k8s("Deployment");
+    assert_eq!(
+        deployment["spec"]["replicas"].as_u64().unwrap(),
+        u64::from(config.rate_limit.replicas)
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert!(
+        pod["terminationGracePeriodSeconds"].as_u64().unwrap()
+            > config.server.shutdown_timeout_secs,
+        "Kubernetes waits longer than the gateway drains"
+    );
+    let container = &pod["containers"][0];
+    let port = &container["ports"][0];
+    assert_eq!(
+        port["containerPort"].as_u64().unwrap(),
+        u64::from(listen_port(&config))
+    );
+    let known = known_env_names();
+    let env = yaml_env(&container["env"]);
+    for var in env.keys().chain(
+        secret["stringData"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        assert!(
+            known.contains(&var.as_str()),
+            "{var} is not read by the gateway"
+        );
+    }
+    assert_eq!(
+        container["envFrom"][0]["secretRef"]["name"],
+        secret["metadata"]["name"]
+    );
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "config")
+        .unwrap();
+    assert_eq!(
+        format!("{}/config.toml", mount["mountPath"].as_str().unwrap()),
+        env["GATEWAY_CONFIG"]
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let liveness = &container["livenessProbe"]["httpGet"];
+    let readiness = &container["readinessProbe"]["httpGet"];
+    assert_eq!(liveness["port"], port["name"]);
+    assert_eq!(readiness["port"], port["name"]);
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(&deployment["spec"]["selector"]["matchLabels"], labels);
+    assert_eq!(&k8s("Service")["spec"]["selector"], labels);
+    let pdb = k8s("PodDisruptionBudget");
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
+    assert_eq!(pdb["spec"]["minAvailable"].as_u64(), Some(1));
+
+    // The probe paths answer 200 on a running gateway.
+    let gw = common::start().await;
+    for probe in [liveness, readiness] {
+        let path = probe["path"].as_str().unwrap();
+        let response = http()
+            .get(format!("{}{path}", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
+
+#[test]
+fn the_systemd_unit_is_hardened_and_verifies() {
+    let unit = read("systemd/contabo-gateway.service");
+    let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in unit.lines().map(str::trim) {
+        if let Some((key, value)) = line.split_once('=')
+            && !line.starts_with('#')
+        {
+            values
+                .entry(key.to_string())
+                .or_default()
+                .push(value.to_string());
+        }
+    }
+    let one = |key: &str| {
+        values
+            .get(key)
+            .and_then(|v| v.first())
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(one("ExecStart").contains(" serve --config /etc/contabo-gateway/config.toml"));
+    assert!(
+        one("ExecReload").contains("-HUP $MAINPID"),
+        "reload is SIGHUP"
+    );
+    let stop: u64 = one("TimeoutStopSec").parse().unwrap();
+    assert!(stop > deploy_config().server.shutdown_timeout_secs);
+    assert!(one("EnvironmentFile").starts_with("/etc/contabo-gateway/"));
+    for (key, expected) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("DynamicUser", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("MemoryDenyWriteExecute", "yes"),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+    ] {
+        assert_eq!(one(key), expected, "{key}");
+    }
+    assert_eq!(
+        one("WorkingDirectory"),
+        format!("/var/lib/{}", one("StateDirectory")),
+        "the SQLite file of the deploy config lives in the state directory"
+    );
+
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        announce_skip(
+            "systemd-analyze verify of the unit",
+            "systemd-analyze is not installed",
+        );
+        return;
+    }
+    // verify needs the binary to exist: point the unit at the one just built.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("contabo-gateway.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/contabo-gateway",
+            env!("CARGO_BIN_EXE_contabo-gateway"),
+        ),
+    )
+    .unwrap();
+    let verified = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verified.stderr).to_string()
+        + &String::from_utf8_lossy(&verified.stdout);
+    let about_this_unit: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("contabo-gateway.service"))
+        .collect();
+    assert!(verified.status.success(), "{said}");
+    assert!(about_this_unit.is_empty(), "{about_this_unit:?}");
+}
+
+#[tokio::test]
+async fn the_binary_starts_with_the_compose_configuration_on_postgres_and_redis() {
+    let (Some(redis_url), Some(database_url)) =
+        (test_redis_url(), common::fresh_postgres_url().await)
+    else {
+        announce_skip(
+            "the compose-configuration start on PostgreSQL and Redis",
+            "GATEWAY_TEST_POSTGRES_URL or GATEWAY_TEST_REDIS_URL is not set",
+        );
+        return;
+    };
+    let compose = compose();
+    let (_, service) = compose_gateways(&compose).remove(0);
+    let compose_env = yaml_env(&service["environment"]);
+    // The compose file's environment, with its service hosts replaced by this machine's services.
+    let env: Vec<(&str, &str)> = compose_env
+        .iter()
+        .filter(|(k, _)| !CREDENTIAL_VARS.contains(&k.as_str()) && k.as_str() != "GATEWAY_CONFIG")
+        .map(|(k, _)| match k.as_str() {
+            "GATEWAY_REDIS_URL" => ("GATEWAY_REDIS_URL", redis_url.as_str()),
+            "GATEWAY_DATABASE_URL" => ("GATEWAY_DATABASE_URL", database_url.as_str()),
+            other => panic!("a compose variable this test does not map: {other}"),
+        })
+        .collect();
+    let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, team) = common::admin_client_block("deploy-check");
+    let config = format!("{}\n{team}", read("config/gateway.toml"));
+    let process =
+        spawn_gateway_process_with_env(&sandbox, &config, dir.path(), Some(&database_url), &env);
+
+    let mut ready = serde_json::Value::Null;
+    for _ in 0..100 {
+        let response = http()
+            .get(format!("{}/_gateway/ready", process.url))
+            .send()
+            .await
+            .unwrap();
+        let ok = response.status() == 200;
+        ready = json(response).await;
+        if ok && ready["checks"]["rate_limit_redis"] == "ok" && ready["checks"]["redis"] == "ok" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["checks"]["audit"], "ok");
+    assert_eq!(ready["checks"]["redis"], "ok", "{ready}");
+    assert_eq!(ready["checks"]["rate_limit_redis"], "ok", "{ready}");
+    let created = http()
+        .post(format!("{}/v1/compute/instances", process.url))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"imageId": "afecbb85-e2fc-46f0-9684-b46b1faf00bb", "productId": "V45"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let records = http()
+        .get(format!(
+            "{}/_gateway/audit?client=deploy-check",
+            process.url
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let records = json(records).await;
+    assert_eq!(records["records"][0]["outcome"], "forwarded", "{records}");
+    let log = process.log();
+    assert!(
+        log.lines().any(|l| l.starts_with('{')),
+        "the deploy config logs JSON:\n{log}"
+    );
+}
