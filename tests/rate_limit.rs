@@ -405,11 +405,12 @@ async fn two_gateway_processes_on_redis_hold_one_combined_limit() {
     let dir = tempfile::tempdir().unwrap();
     let (limited_key, limited) = team_block("limited", 20, 5);
     let (free_key, free) = team_block("free", 100_000, 100_000);
+    let (busy_key, busy) = team_block("busy", 300, 30);
     let prefix = format!("test-ratelimit-{}", uuid::Uuid::new_v4());
     let config = format!(
         "[rate_limit]\nredis_url = \"{redis_url}\"\nredis_key_prefix = \"{prefix}\"\n\
          replicas = 2\nupstream_per_second = 30\nupstream_burst = 5\nmax_wait_ms = 0\n\n\
-         {limited}\n{free}"
+         {limited}\n{free}\n{busy}"
     );
     let a = spawn_gateway_process(&sandbox, &config, dir.path(), None);
     let b = spawn_gateway_process(&sandbox, &config, dir.path(), None);
@@ -439,6 +440,48 @@ async fn two_gateway_processes_on_redis_hold_one_combined_limit() {
     assert_within_10_percent(
         "upstream budget over two replicas",
         upstream as f64,
+        expected,
+    );
+
+    // A faster team limit (300/s): each replica now leases a few tokens per 20 ms from Redis
+    // instead of asking for every call; the combined limit still holds. (The upstream budget is
+    // the 30/s above, so count the team's admissions: everything but `rate_limited`.)
+    let admitted = Arc::new(AtomicU32::new(0));
+    let client = http();
+    let started = Instant::now();
+    let stop_at = started + Duration::from_secs(2);
+    let mut loops = Vec::new();
+    for url in &urls {
+        for _ in 0..6 {
+            let (url, key, admitted, client) = (
+                url.clone(),
+                busy_key.clone(),
+                admitted.clone(),
+                client.clone(),
+            );
+            loops.push(tokio::spawn(async move {
+                while Instant::now() < stop_at {
+                    let response = client
+                        .get(format!("{url}{INSTANCES}"))
+                        .bearer_auth(&key)
+                        .send()
+                        .await
+                        .unwrap();
+                    let body = response.text().await.unwrap();
+                    if !body.contains("\"rate_limited\"") {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+    }
+    for l in loops {
+        l.await.unwrap();
+    }
+    let expected = 30.0 + 300.0 * started.elapsed().as_secs_f64();
+    assert_within_10_percent(
+        "leased team limit over two replicas",
+        f64::from(admitted.load(Ordering::Relaxed)),
         expected,
     );
 }

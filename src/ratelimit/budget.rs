@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
 
 use super::local::LocalLimit;
-use super::shared::SharedStore;
+use super::shared::{Lease, SharedStore};
 use super::{Decision, Policy};
 
 /// Longest pause after repeated upstream 429s that said nothing about when to retry.
@@ -26,6 +26,7 @@ pub struct UpstreamBudget {
     /// The whole budget without Redis; this replica's share of it while Redis is unreachable.
     local: LocalLimit,
     shared: Option<Arc<SharedStore>>,
+    lease: Lease,
     queue: Mutex<FairQueue>,
     /// Callers queued or being served by the dispatcher; 0 lets a call take a token directly.
     waiting: AtomicUsize,
@@ -95,6 +96,7 @@ impl UpstreamBudget {
             policy,
             local: LocalLimit::new(policy.share(local_share)),
             shared,
+            lease: Lease::new(policy, local_share),
             queue: Mutex::new(FairQueue::default()),
             waiting: AtomicUsize::new(0),
             wake: Notify::new(),
@@ -121,6 +123,13 @@ impl UpstreamBudget {
             if decision.allowed {
                 return Ok(());
             }
+            if Instant::now() >= deadline {
+                return Err(decision.retry_after);
+            }
+        }
+        if Instant::now() >= deadline {
+            // No wait allowed (max_wait_ms = 0): do not hold a place in the queue.
+            return Err(self.estimated_wait());
         }
         self.waiting.fetch_add(1, Ordering::AcqRel);
         let (grant, granted) = oneshot::channel();
@@ -147,7 +156,7 @@ impl UpstreamBudget {
     /// Takes tokens from Redis when it answers, else from the local bucket.
     async fn take(&self, cost: u32) -> Decision {
         if let Some(shared) = &self.shared
-            && let Some(decision) = shared.take_upstream(self.policy, cost).await
+            && let Some(decision) = shared.take_upstream(&self.lease, self.policy, cost).await
         {
             return decision;
         }

@@ -185,7 +185,7 @@ impl RateLimits {
         let shared = match &self.shared {
             Some(shared) => {
                 shared
-                    .take_team(&client.limit.redis_key, policy, cost)
+                    .take_team(&client.limit.redis_key, &client.limit.lease, policy, cost)
                     .await
             }
             None => None,
@@ -251,6 +251,8 @@ pub struct TeamLimit {
     /// In this process: the whole limit, or this replica's share when Redis holds the real one.
     pub local: local::LocalLimit,
     pub redis_key: String,
+    /// Tokens taken from Redis ahead of use (when the limit lives there).
+    pub lease: shared::Lease,
 }
 
 impl TeamLimit {
@@ -259,6 +261,7 @@ impl TeamLimit {
             policy_configured: policy,
             local: local::LocalLimit::new(policy.share(RateLimits::local_share(config))),
             redis_key: format!("{}:team:{team}", config.redis_key_prefix),
+            lease: shared::Lease::new(policy, RateLimits::local_share(config)),
         }
     }
 }

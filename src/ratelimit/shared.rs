@@ -1,6 +1,12 @@
 //! Limits shared by every replica, kept in Redis: GCRA in one Lua script, so a check-and-take is
 //! atomic whatever the number of replicas.
 //!
+//! A busy replica does not ask Redis for every call: it takes a [`Lease`] of the tokens it used in
+//! the last [`LEASE_WINDOW`] (never more than that window's share of the rate, nor a fair share of
+//! the burst) and spends them locally for at most that window; what it did not spend is lost, never
+//! handed out twice. At low rates the lease is one token, so every call asks Redis and the limits
+//! are exact; at high rates Redis sees about one call per bucket per window.
+//!
 //! When Redis does not answer (within [`REDIS_TIMEOUT`]) the store says so and the caller falls back
 //! to its local limits; the failure is logged loudly once, a reconnection is tried at most every
 //! [`RECONNECT_EVERY`] in the background, and the return to Redis is logged too.
@@ -19,16 +25,21 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// How often a replica in fallback tries to reach Redis again.
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
+/// How long leased tokens may be spent, and the window whose use sizes the next lease.
+const LEASE_WINDOW: Duration = Duration::from_millis(20);
+
 /// GCRA: KEYS[1] the bucket (its theoretical arrival time in microseconds), KEYS[2] an optional
 /// pause key that refuses everything while it exists. ARGV: emission interval (microseconds),
-/// burst, cost. Returns {allowed, remaining, retry_after_us, reset_after_us}. The clock is Redis's
-/// own (TIME), so replicas with skewed clocks still agree.
+/// burst, cost, wanted (at least cost: the lease). Takes min(wanted, available) tokens when at
+/// least `cost` are available. Returns {taken (0 = refused), remaining, retry_after_us,
+/// reset_after_us}. The clock is Redis's own (TIME), so replicas with skewed clocks still agree.
 const GCRA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
+local wanted = tonumber(ARGV[4])
 if KEYS[2] then
   local pause = redis.call('PTTL', KEYS[2])
   if pause > 0 then return {0, 0, pause * 1000, pause * 1000} end
@@ -36,15 +47,100 @@ end
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
 local tolerance = interval * burst
-local new_tat = tat + interval * cost
-local allow_at = new_tat - tolerance
-if allow_at > now then
-  local remaining = math.max(0, math.floor((tolerance - (tat - now)) / interval))
-  return {0, remaining, allow_at - now, tat - now}
+local available = math.floor((tolerance - (tat - now)) / interval + 1e-6)
+if available < cost then
+  local allow_at = tat + interval * cost - tolerance
+  return {0, math.max(0, available), allow_at - now, tat - now}
 end
+local taken = math.min(wanted, available)
+local new_tat = tat + interval * taken
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, math.floor((tolerance - (new_tat - now)) / interval), 0, new_tat - now}
+return {taken, available - taken, 0, new_tat - now}
 "#;
+
+/// Tokens of one Redis bucket held by this replica for a short while (see the module comment).
+pub struct Lease {
+    /// Most tokens one lease takes.
+    cap: u32,
+    state: std::sync::Mutex<LeaseState>,
+}
+
+struct LeaseState {
+    tokens: u32,
+    expires: Instant,
+    /// What Redis said the bucket held besides the lease, and when it is full again.
+    remaining: u32,
+    full_at: Instant,
+    window_started: Instant,
+    used_this_window: u32,
+    used_last_window: u32,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("cap", &self.cap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    /// A lease of a bucket with `policy` shared by `replicas`.
+    pub fn new(policy: Policy, replicas: u32) -> Self {
+        let window_share = (policy.per_second * LEASE_WINDOW.as_secs_f64()).ceil() as u32;
+        let burst_share = policy.burst / (2 * replicas.max(1));
+        let now = Instant::now();
+        Self {
+            cap: window_share.min(burst_share).max(1),
+            state: std::sync::Mutex::new(LeaseState {
+                tokens: 0,
+                expires: now,
+                remaining: 0,
+                full_at: now,
+                window_started: now,
+                used_this_window: 0,
+                used_last_window: 0,
+            }),
+        }
+    }
+
+    /// Spends `cost` leased tokens if the lease holds them; otherwise says how many to ask for.
+    fn spend(&self, cost: u32) -> Result<Decision, u32> {
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("lease lock");
+        if now.duration_since(state.window_started) >= LEASE_WINDOW {
+            state.used_last_window = state.used_this_window;
+            state.used_this_window = 0;
+            state.window_started = now;
+        }
+        state.used_this_window = state.used_this_window.saturating_add(cost);
+        if now < state.expires && state.tokens >= cost {
+            state.tokens -= cost;
+            return Ok(Decision {
+                allowed: true,
+                remaining: state.remaining + state.tokens,
+                retry_after: Duration::ZERO,
+                reset_after: state.full_at.saturating_duration_since(now),
+            });
+        }
+        Err(state.used_last_window.clamp(cost, self.cap.max(cost)))
+    }
+
+    /// Keeps what Redis granted beyond the call's own cost.
+    fn refill(&self, cost: u32, taken: u32, decision: &Decision) {
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("lease lock");
+        let extra = taken.saturating_sub(cost);
+        state.tokens = if now < state.expires {
+            state.tokens + extra
+        } else {
+            extra
+        };
+        state.expires = now + LEASE_WINDOW;
+        state.remaining = decision.remaining;
+        state.full_at = now + decision.reset_after;
+    }
+}
 
 /// Sets the pause key for ARGV[1] milliseconds unless it already lasts longer.
 const PAUSE: &str = r#"
@@ -55,7 +151,8 @@ return 1
 
 pub struct SharedStore {
     client: redis::Client,
-    prefix: String,
+    upstream_key: String,
+    pause_key: String,
     connection: ArcSwapOption<MultiplexedConnection>,
     gcra: redis::Script,
     pause: redis::Script,
@@ -73,7 +170,8 @@ impl SharedStore {
             .map_err(|e| format!("rate_limit.redis_url is not usable: {e}"))?;
         Ok(Arc::new(Self {
             client,
-            prefix: prefix.to_string(),
+            upstream_key: format!("{prefix}:upstream"),
+            pause_key: format!("{prefix}:upstream:pause"),
             connection: ArcSwapOption::empty(),
             gcra: redis::Script::new(GCRA),
             pause: redis::Script::new(PAUSE),
@@ -89,29 +187,34 @@ impl SharedStore {
         self.healthy.load(Ordering::Relaxed) && self.connection.load().is_some()
     }
 
-    fn upstream_key(&self) -> String {
-        format!("{}:upstream", self.prefix)
-    }
-
-    fn pause_key(&self) -> String {
-        format!("{}:upstream:pause", self.prefix)
-    }
-
-    /// Takes `cost` tokens from a team's bucket; None when Redis cannot decide.
+    /// Takes `cost` tokens from a team's bucket (from its lease when it holds them); None when
+    /// Redis cannot decide.
     pub async fn take_team(
         self: &Arc<Self>,
         key: &str,
+        lease: &Lease,
         policy: Policy,
         cost: u32,
     ) -> Option<Decision> {
-        self.take(key, None, policy, cost).await
+        self.take(key, None, lease, policy, cost).await
     }
 
     /// Takes from the upstream budget, refused while an upstream 429 pause holds; None when Redis
     /// cannot decide.
-    pub async fn take_upstream(self: &Arc<Self>, policy: Policy, cost: u32) -> Option<Decision> {
-        let (bucket, pause) = (self.upstream_key(), self.pause_key());
-        self.take(&bucket, Some(&pause), policy, cost).await
+    pub async fn take_upstream(
+        self: &Arc<Self>,
+        lease: &Lease,
+        policy: Policy,
+        cost: u32,
+    ) -> Option<Decision> {
+        self.take(
+            &self.upstream_key,
+            Some(&self.pause_key),
+            lease,
+            policy,
+            cost,
+        )
+        .await
     }
 
     /// Tells every replica to hold upstream calls for `wait`.
@@ -121,7 +224,7 @@ impl SharedStore {
         };
         let mut connection = (*connection).clone();
         let ms = wait.as_millis().max(1) as u64;
-        let mut call = self.pause.key(self.pause_key());
+        let mut call = self.pause.key(&self.pause_key);
         call.arg(ms);
         let result =
             tokio::time::timeout(REDIS_TIMEOUT, call.invoke_async::<i64>(&mut connection)).await;
@@ -134,9 +237,14 @@ impl SharedStore {
         self: &Arc<Self>,
         bucket: &str,
         pause: Option<&str>,
+        lease: &Lease,
         policy: Policy,
         cost: u32,
     ) -> Option<Decision> {
+        let wanted = match lease.spend(cost) {
+            Ok(decision) => return Some(decision),
+            Err(wanted) => wanted,
+        };
         let connection = self.connection().await?;
         let mut connection = (*connection).clone();
         let mut invocation = self.gcra.key(bucket);
@@ -144,21 +252,33 @@ impl SharedStore {
             invocation.key(pause);
         }
         let interval_us = policy.interval().as_secs_f64() * 1e6;
-        invocation.arg(interval_us).arg(policy.burst).arg(cost);
+        invocation
+            .arg(interval_us)
+            .arg(policy.burst)
+            .arg(cost)
+            .arg(wanted);
         let result = tokio::time::timeout(
             REDIS_TIMEOUT,
             invocation.invoke_async::<(i64, i64, i64, i64)>(&mut connection),
         )
         .await;
         match flatten(result) {
-            Ok((allowed, remaining, retry_us, reset_us)) => {
+            Ok((taken, remaining, retry_us, reset_us)) => {
                 self.recovered();
                 let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
-                Some(Decision {
-                    allowed: allowed == 1,
+                let taken = taken.clamp(0, i64::from(u32::MAX)) as u32;
+                let decision = Decision {
+                    allowed: taken >= cost,
                     remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
                     retry_after: micros(retry_us),
                     reset_after: micros(reset_us),
+                };
+                if decision.allowed {
+                    lease.refill(cost, taken, &decision);
+                }
+                Some(Decision {
+                    remaining: decision.remaining + taken.saturating_sub(cost),
+                    ..decision
                 })
             }
             Err(reason) => {
