@@ -255,13 +255,20 @@ async fn accept_loop(
     Ok(())
 }
 
-/// Tasks that live as long as the server: the upstream budget's dispatcher, the cache
+/// Tasks that live as long as the server: the upstream budget's dispatcher, the metrics upkeep, the cache
 /// invalidation listener (with Redis) and the audit retention pruning (with
 /// `audit.retention_days`).
 fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = vec![tokio::spawn(
-        gateway.limits.budget().clone().run_dispatcher(),
-    )];
+    let mut tasks = vec![
+        tokio::spawn(gateway.limits.budget().clone().run_dispatcher()),
+        tokio::spawn(async {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                crate::metrics::run_upkeep();
+            }
+        }),
+    ];
     if let Some(bus) = gateway.cache.bus() {
         tasks.push(bus.spawn_listener(Arc::downgrade(&gateway.cache)));
     }

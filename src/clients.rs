@@ -75,6 +75,8 @@ pub fn touches_identity(path: &str) -> bool {
 pub struct Client {
     pub name: String,
     pub role: Role,
+    /// The name, shared, for metric labels (no copy per call).
+    pub label: Arc<str>,
     /// The team's rate limit; kept across a reload when the team's limits did not change.
     pub limit: Arc<TeamLimit>,
     key_digest: [u8; 32],
@@ -110,6 +112,7 @@ impl ClientRegistry {
                     .map(|old| old.limit.clone())
                     .unwrap_or_else(|| Arc::new(TeamLimit::new(&c.name, policy, rate_limit)));
                 Some(Arc::new(Client {
+                    label: Arc::from(c.name.as_str()),
                     name: c.name.clone(),
                     role: c.role,
                     limit,

@@ -6,11 +6,11 @@
 //! counts) are read at scrape time. Names follow Prometheus conventions: units in the name,
 //! `_total` for counters.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::Method;
-use metrics::{counter, gauge, histogram};
+use metrics::{Label, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::app::Gateway;
@@ -56,33 +56,44 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// The status as a label without allocating per call (one string per possible status, made once).
+fn status_label(status: u16) -> &'static str {
+    static LABELS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| {
+        (0..600u16)
+            .map(|s| &*Box::leak(s.to_string().into_boxed_str()))
+            .collect()
+    });
+    labels.get(usize::from(status)).copied().unwrap_or("other")
+}
+
 /// One /v1 call answered by the gateway (whatever answered it: cache, upstream or a refusal).
 pub fn call_finished(
     route: &'static str,
     method: &Method,
     status: u16,
-    client: &str,
+    client: &Arc<str>,
     took: Duration,
 ) {
     let labels = [
-        ("route", route.to_string()),
-        ("method", method_label(method).to_string()),
-        ("status", status.to_string()),
-        ("client", client.to_string()),
+        Label::from_static_parts("route", route),
+        Label::from_static_parts("method", method_label(method)),
+        Label::from_static_parts("status", status_label(status)),
+        Label::new("client", client.clone()),
     ];
-    counter!("gateway_calls_total", &labels).increment(1);
-    histogram!("gateway_call_duration_seconds", &labels).record(took.as_secs_f64());
+    counter!("gateway_calls_total", labels.iter()).increment(1);
+    histogram!("gateway_call_duration_seconds", labels.iter()).record(took.as_secs_f64());
 }
 
 /// One exchange with Contabo's API (the 401 retry counts as a second one).
 pub fn upstream_answered(route: &'static str, method: &Method, status: u16, took: Duration) {
     let labels = [
-        ("route", route.to_string()),
-        ("method", method_label(method).to_string()),
-        ("status", status.to_string()),
+        Label::from_static_parts("route", route),
+        Label::from_static_parts("method", method_label(method)),
+        Label::from_static_parts("status", status_label(status)),
     ];
-    counter!("gateway_upstream_requests_total", &labels).increment(1);
-    histogram!("gateway_upstream_duration_seconds", &labels).record(took.as_secs_f64());
+    counter!("gateway_upstream_requests_total", labels.iter()).increment(1);
+    histogram!("gateway_upstream_duration_seconds", labels.iter()).record(took.as_secs_f64());
 }
 
 /// A team over its own limit got 429.
@@ -111,6 +122,12 @@ pub fn audit_batch(records: usize, took: Duration, ok: bool) {
     } else {
         counter!("gateway_audit_write_failures_total").increment(1);
     }
+}
+
+/// Folds recorded histogram samples into their buckets. Run every few seconds: between scrapes
+/// the samples would otherwise pile up in memory.
+pub fn run_upkeep() {
+    handle().run_upkeep();
 }
 
 /// The Prometheus text: levels read now, then everything recorded.

@@ -90,7 +90,7 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Respons
             "call finished"
         );
         if let Some(client) = &labels.client {
-            metrics::call_finished(labels.route, &method, status, &client.name, took);
+            metrics::call_finished(labels.route, &method, status, &client.label, took);
         }
         response
     }
