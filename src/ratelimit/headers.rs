@@ -21,22 +21,27 @@ pub fn whole_seconds(wait: Duration) -> u64 {
     }
 }
 
-/// The team's quota policy and what is left of it after this call.
-pub fn apply(headers: &mut HeaderMap, policy: Policy, decision: &Decision) {
+/// The `ratelimit-policy` value of a team: its burst and the seconds to refill it. Made once per
+/// team, not per call.
+pub fn policy_value(policy: Policy) -> HeaderValue {
     let window = whole_seconds(Duration::from_secs_f64(
         f64::from(policy.burst) / policy.per_second,
     ))
     .max(1);
-    let policy_value = format!("\"team\";q={};w={window}", policy.burst);
-    let state_value = format!(
+    HeaderValue::from_str(&format!("\"team\";q={};w={window}", policy.burst))
+        .expect("digits and quotes are a valid header value")
+}
+
+/// The team's quota policy and what is left of it after this call.
+pub fn apply(headers: &mut HeaderMap, policy: &HeaderValue, decision: &Decision) {
+    let state = format!(
         "\"team\";r={};t={}",
         decision.remaining,
         whole_seconds(decision.reset_after)
     );
-    for (name, value) in [(RATELIMIT_POLICY, policy_value), (RATELIMIT, state_value)] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
+    headers.insert(RATELIMIT_POLICY, policy.clone());
+    if let Ok(state) = HeaderValue::from_str(&state) {
+        headers.insert(RATELIMIT, state);
     }
 }
 
@@ -92,14 +97,11 @@ mod tests {
             retry_after: Duration::ZERO,
             reset_after: Duration::from_millis(600),
         };
-        apply(
-            &mut headers,
-            Policy {
-                per_second: 5.0,
-                burst: 10,
-            },
-            &decision,
-        );
+        let policy = policy_value(Policy {
+            per_second: 5.0,
+            burst: 10,
+        });
+        apply(&mut headers, &policy, &decision);
         assert_eq!(headers[RATELIMIT_POLICY], "\"team\";q=10;w=2");
         assert_eq!(headers[RATELIMIT], "\"team\";r=7;t=1");
     }

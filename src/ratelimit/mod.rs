@@ -67,12 +67,14 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 pub struct Quota {
     pub policy: Policy,
+    /// The team's `ratelimit-policy` header value.
+    pub policy_header: http::HeaderValue,
     pub decision: Decision,
 }
 
 impl Quota {
     pub fn apply(&self, headers: &mut http::HeaderMap) {
-        headers::apply(headers, self.policy, &self.decision);
+        headers::apply(headers, &self.policy_header, &self.decision);
     }
 }
 
@@ -191,7 +193,11 @@ impl RateLimits {
             None => None,
         };
         let decision = shared.unwrap_or_else(|| client.limit.local.take(cost));
-        let quota = Quota { policy, decision };
+        let quota = Quota {
+            policy,
+            policy_header: client.limit.policy_header.clone(),
+            decision,
+        };
         if quota.decision.allowed {
             Ok(Some(quota))
         } else {
@@ -248,6 +254,7 @@ impl RateLimits {
 pub struct TeamLimit {
     /// The limit as configured (what the headers advertise).
     pub policy_configured: Policy,
+    pub policy_header: http::HeaderValue,
     /// In this process: the whole limit, or this replica's share when Redis holds the real one.
     pub local: local::LocalLimit,
     pub redis_key: String,
@@ -259,6 +266,7 @@ impl TeamLimit {
     pub fn new(team: &str, policy: Policy, config: &RateLimitConfig) -> Self {
         Self {
             policy_configured: policy,
+            policy_header: headers::policy_value(policy),
             local: local::LocalLimit::new(policy.share(RateLimits::local_share(config))),
             redis_key: format!("{}:team:{team}", config.redis_key_prefix),
             lease: shared::Lease::new(policy, RateLimits::local_share(config)),
