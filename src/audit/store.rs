@@ -183,9 +183,11 @@ impl Store {
                  upstream_ms = excluded.upstream_ms, seq = excluded.seq, prev_hash = excluded.prev_hash, \
                  hash = excluded.hash",
             );
-            // Not cached as a prepared statement: a parameter's declared type follows the value
-            // bound (NULL or a number), which differs from batch to batch.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            // PostgreSQL: not cached as a prepared statement, because a parameter's declared type
+            // follows the value bound (NULL or a number), which differs from batch to batch.
+            // SQLite has no such declared types: caching saves parsing the statement per batch.
+            let cached = self.backend == Backend::Sqlite;
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(cached);
             for r in chunk {
                 query = query
                     .bind(r.id)
@@ -356,6 +358,7 @@ impl Store {
 
 /// Rows per multi-row statement (19 values a row stays far below both backends' limits).
 const ROWS_PER_STATEMENT: usize = 128;
+
 
 /// The n-th (from 1) bind placeholder. SQLite gets anonymous `?`: sqlx looks every named one up by
 /// name, which is quadratic in a multi-row statement.
