@@ -247,6 +247,37 @@ def ms(us):
     return f"{us / 1000:.2f}"
 
 
+def run_limits(limiter_urls, key, args):
+    """GET passthrough through gateways with rate limits off, local and in Redis, alternating."""
+    results = {kind: [] for kind in limiter_urls}
+    for round_no in range(args.rounds):
+        kinds = list(limiter_urls) if round_no % 2 == 0 else list(reversed(limiter_urls))
+        for kind in kinds:
+            r = wrk(limiter_urls[kind] + "/v1/compute/instances", key, seconds=args.seconds,
+                    connections=args.connections)
+            results[kind].append(r)
+            print(f"round {round_no + 1} rate limits {kind:8} {r['rps']:>10.0f} req/s  "
+                  f"p50 {ms(r['p50_us'])} ms  p99 {ms(r['p99_us'])} ms", flush=True)
+    return results
+
+
+def limits_table(limit_results):
+    lines = ["Rate limiting (GET passthrough; team limit and upstream budget on but far above the load) "
+             "against the same gateway with limits off:", "",
+             "| limits | req/s | vs off | p50 / p99 ms |", "|---|---:|---:|---:|"]
+    off_rps = statistics.median(x["rps"] for x in limit_results["off"])
+    for kind, label in (("off", "off"), ("local", "local (governor)"), ("redis", "Redis (shared GCRA)")):
+        if kind not in limit_results:
+            lines.append(f"| {label} | not run: no Redis at BENCH_REDIS_URL | | |")
+            continue
+        rs = limit_results[kind]
+        rps = statistics.median(x["rps"] for x in rs)
+        p50, p99 = (statistics.median(x[k] for x in rs) for k in ("p50_us", "p99_us"))
+        lines.append(f"| {label} | {rps:,.0f} | {rps / off_rps:.2f} | {ms(p50)} / {ms(p99)} |")
+    lines.append("")
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -254,6 +285,8 @@ def main():
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rate", type=int, default=2000, help="requests/s of the fixed-rate latency run")
     parser.add_argument("--skip-build", action="store_true")
+    parser.add_argument("--only", choices=["limits"],
+                        help="run only these rows and print them (bench/results/latest.md is left alone)")
     args = parser.parse_args()
 
     ensure_tools()
@@ -317,6 +350,10 @@ def main():
         wait_for(ng + "/v1/compute/instances")
         wait_for(gw + "/v1/compute/instances", {"Authorization": f"Bearer {key}"})
 
+        if args.only == "limits":
+            print("\n".join(limits_table(run_limits(limiter_urls, key, args))))
+            return 0
+
         scenarios = [
             ("GET passthrough", "/v1/compute/instances", "GET", 0),
             ("cache hit", "/v1/users/6cdf5968-f9fe-4192-97c2-f349e813c5e8", "GET", 0),
@@ -344,15 +381,7 @@ def main():
                     print(f"round {round_no + 1} audited POST ({backend}) {kind:8} {r['rps']:>10.0f} req/s  "
                           f"p50 {ms(r['p50_us'])} ms  p99 {ms(r['p99_us'])} ms", flush=True)
 
-        limit_results = {kind: [] for kind in limiter_urls}
-        for round_no in range(args.rounds):
-            kinds = list(limiter_urls) if round_no % 2 == 0 else list(reversed(limiter_urls))
-            for kind in kinds:
-                r = wrk(limiter_urls[kind] + "/v1/compute/instances", key, seconds=args.seconds,
-                        connections=args.connections)
-                limit_results[kind].append(r)
-                print(f"round {round_no + 1} rate limits {kind:8} {r['rps']:>10.0f} req/s  "
-                      f"p50 {ms(r['p50_us'])} ms  p99 {ms(r['p99_us'])} ms", flush=True)
+        limit_results = run_limits(limiter_urls, key, args)
 
         latency = {}
         latency_connections = 16
@@ -396,21 +425,7 @@ def main():
     if "PostgreSQL" not in audit_results:
         lines.append("| PostgreSQL | not run: no PostgreSQL at BENCH_POSTGRES_URL | | | |")
     lines.append("")
-    lines.append("Rate limiting (GET passthrough; team limit and upstream budget on but far above the load) "
-                 "against the same gateway with limits off:")
-    lines.append("")
-    lines.append("| limits | req/s | vs off | p50 / p99 ms |")
-    lines.append("|---|---:|---:|---:|")
-    off_rps = statistics.median(x["rps"] for x in limit_results["off"])
-    for kind, label in (("off", "off"), ("local", "local (governor)"), ("redis", "Redis (shared GCRA)")):
-        if kind not in limit_results:
-            lines.append(f"| {label} | not run: no Redis at BENCH_REDIS_URL | | |")
-            continue
-        rs = limit_results[kind]
-        rps = statistics.median(x["rps"] for x in rs)
-        p50, p99 = (statistics.median(x[k] for x in rs) for k in ("p50_us", "p99_us"))
-        lines.append(f"| {label} | {rps:,.0f} | {rps / off_rps:.2f} | {ms(p50)} / {ms(p99)} |")
-    lines.append("")
+    lines += limits_table(limit_results)
     lines.append(f"Latency at a fixed {args.rate} req/s (GET passthrough, {latency_connections} connections):")
     lines.append("")
     lines.append("| target | p50 ms | p99 ms | p999 ms | added p99 ms |")
