@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use common::{GatewayProcess, VALID_REQUEST_ID, admin_client_block, http, spawn_gateway_process};
 use contabo_gateway::sandbox::{Sandbox, SandboxOptions};
 
-async fn status_with(process: &GatewayProcess, key: &str) -> u16 {
+/// The status of GET /v1/compute/instances on the gateway at `url`.
+async fn status_at(url: &str, key: &str) -> u16 {
     http()
-        .get(format!("{}/v1/compute/instances", process.url))
+        .get(format!("{url}/v1/compute/instances"))
         .bearer_auth(key)
         .send()
         .await
@@ -53,22 +54,13 @@ async fn sighup_reloads_team_keys_without_dropping_calls() {
         dir.path(),
         None,
     );
-    assert_eq!(status_with(&process, &old_key).await, 200);
+    assert_eq!(status_at(&process.url, &old_key).await, 200);
 
     // A slow call is in flight with the key about to be removed.
     sandbox.state.faults.delay_ms.store(1500, Ordering::SeqCst);
     let in_flight = {
         let (url, key) = (process.url.clone(), old_key.clone());
-        tokio::spawn(async move {
-            http()
-                .get(format!("{url}/v1/compute/instances"))
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        })
+        tokio::spawn(async move { status_at(&url, &key).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -82,16 +74,16 @@ async fn sighup_reloads_team_keys_without_dropping_calls() {
 
     assert_eq!(in_flight.await.unwrap(), 200, "the call in flight finished");
     assert_eq!(
-        status_with(&process, &new_key).await,
+        status_at(&process.url, &new_key).await,
         200,
         "the added key works"
     );
     assert_eq!(
-        status_with(&process, &old_key).await,
+        status_at(&process.url, &old_key).await,
         401,
         "the removed key is refused"
     );
-    assert_eq!(status_with(&process, &kept_key).await, 200);
+    assert_eq!(status_at(&process.url, &kept_key).await, 200);
 
     // A broken configuration is refused and the running teams stay.
     let good = std::fs::read_to_string(&process.config_path).unwrap();
@@ -103,8 +95,8 @@ async fn sighup_reloads_team_keys_without_dropping_calls() {
     hangup(&process);
     wait_for_log(&process, "the new configuration is refused", 1).await;
     assert!(process.log().contains("root"), "the log says what is wrong");
-    assert_eq!(status_with(&process, &new_key).await, 200);
-    assert_eq!(status_with(&process, &kept_key).await, 200);
+    assert_eq!(status_at(&process.url, &new_key).await, 200);
+    assert_eq!(status_at(&process.url, &kept_key).await, 200);
 
     // The process is still healthy and stops cleanly.
     assert!(process.signal_and_wait("-TERM").success());

@@ -226,15 +226,23 @@ async fn a_flooding_team_does_not_starve_another() {
     );
 }
 
-#[tokio::test]
-async fn an_upstream_429_is_passed_back_and_holds_every_upstream_call() {
+/// A gateway whose upstream answers its next call 429 with `retry-after` (0 = none).
+async fn throttled_gateway(max_wait_ms: u64, retry_after_secs: u64) -> TestGateway {
     let gw = common::start_with(SandboxOptions::default(), |c| {
-        c.rate_limit.max_wait_ms = 5000;
+        c.rate_limit.max_wait_ms = max_wait_ms;
     })
     .await;
     let faults = &gw.sandbox().faults;
-    faults.throttle_retry_after_secs.store(2, Ordering::SeqCst);
+    faults
+        .throttle_retry_after_secs
+        .store(retry_after_secs, Ordering::SeqCst);
     faults.throttle_next_calls.store(1, Ordering::SeqCst);
+    gw
+}
+
+#[tokio::test]
+async fn an_upstream_429_is_passed_back_and_holds_every_upstream_call() {
+    let gw = throttled_gateway(5000, 2).await;
     let write = gw
         .request(reqwest::Method::POST, INSTANCES, &gw.keys.admin)
         .json(&new_instance())
@@ -266,26 +274,14 @@ async fn an_upstream_429_is_passed_back_and_holds_every_upstream_call() {
 
 #[tokio::test]
 async fn a_read_is_retried_once_after_the_pause_when_it_fits_in_max_wait() {
-    let gw = common::start_with(SandboxOptions::default(), |c| {
-        c.rate_limit.max_wait_ms = 3000;
-    })
-    .await;
-    let faults = &gw.sandbox().faults;
-    faults.throttle_retry_after_secs.store(1, Ordering::SeqCst);
-    faults.throttle_next_calls.store(1, Ordering::SeqCst);
+    let gw = throttled_gateway(3000, 1).await;
     let started = Instant::now();
     assert_eq!(gw.get_status(INSTANCES, &gw.keys.readonly).await, 200);
     assert!(started.elapsed() >= Duration::from_millis(900));
     assert_eq!(gw.api_calls(), 2, "the 429 and the retry");
 
     // The same with a pause longer than max_wait: the 429 goes back, no retry.
-    let gw = common::start_with(SandboxOptions::default(), |c| {
-        c.rate_limit.max_wait_ms = 500;
-    })
-    .await;
-    let faults = &gw.sandbox().faults;
-    faults.throttle_retry_after_secs.store(1, Ordering::SeqCst);
-    faults.throttle_next_calls.store(1, Ordering::SeqCst);
+    let gw = throttled_gateway(500, 1).await;
     assert_eq!(gw.get_status(INSTANCES, &gw.keys.readonly).await, 429);
     assert_eq!(gw.api_calls(), 1);
     // Still paused: the next call is refused by the gateway without reaching upstream.
@@ -297,11 +293,7 @@ async fn a_read_is_retried_once_after_the_pause_when_it_fits_in_max_wait() {
 
 #[tokio::test]
 async fn an_upstream_429_without_retry_after_gets_a_backoff() {
-    let gw = common::start().await;
-    gw.sandbox()
-        .faults
-        .throttle_next_calls
-        .store(1, Ordering::SeqCst);
+    let gw = throttled_gateway(2000, 0).await;
     let write = gw
         .request(reqwest::Method::POST, INSTANCES, &gw.keys.admin)
         .json(&new_instance())

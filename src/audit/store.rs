@@ -359,7 +359,6 @@ impl Store {
 /// Rows per multi-row statement (19 values a row stays far below both backends' limits).
 const ROWS_PER_STATEMENT: usize = 128;
 
-
 /// The n-th (from 1) bind placeholder. SQLite gets anonymous `?`: sqlx looks every named one up by
 /// name, which is quadratic in a multi-row statement.
 fn placeholder(backend: Backend, n: usize) -> String {
