@@ -59,7 +59,11 @@ return {taken, available - taken, 0, new_tat - now}
 "#;
 
 /// Tokens of one Redis bucket held by this replica for a short while (see the module comment).
-pub struct Lease {
+/// Cheap to clone: clones share the tokens.
+#[derive(Clone)]
+pub struct Lease(Arc<LeaseInner>);
+
+struct LeaseInner {
     /// Most tokens one lease takes.
     cap: u32,
     state: std::sync::Mutex<LeaseState>,
@@ -74,12 +78,25 @@ struct LeaseState {
     window_started: Instant,
     used_this_window: u32,
     used_last_window: u32,
+    /// A renewal ahead of need is on its way.
+    renewing: bool,
+}
+
+/// What the lease could do for one call.
+enum Spent {
+    /// Paid from the lease; `renew` asks for that many tokens ahead of need.
+    Served {
+        decision: Decision,
+        renew: Option<u32>,
+    },
+    /// Not enough tokens: ask Redis for this many (the call's cost included).
+    Empty { wanted: u32 },
 }
 
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
-            .field("cap", &self.cap)
+            .field("cap", &self.0.cap)
             .finish_non_exhaustive()
     }
 }
@@ -90,7 +107,7 @@ impl Lease {
         let window_share = (policy.per_second * LEASE_WINDOW.as_secs_f64()).ceil() as u32;
         let burst_share = policy.burst / (2 * replicas.max(1));
         let now = Instant::now();
-        Self {
+        Self(Arc::new(LeaseInner {
             cap: window_share.min(burst_share).max(1),
             state: std::sync::Mutex::new(LeaseState {
                 tokens: 0,
@@ -100,36 +117,50 @@ impl Lease {
                 window_started: now,
                 used_this_window: 0,
                 used_last_window: 0,
+                renewing: false,
             }),
-        }
+        }))
     }
 
-    /// Spends `cost` leased tokens if the lease holds them; otherwise says how many to ask for.
-    fn spend(&self, cost: u32) -> Result<Decision, u32> {
+    /// Spends `cost` leased tokens if the lease holds them. A lease running low (a quarter of
+    /// what the last window used, or a quarter of its life left) asks to be renewed ahead of
+    /// need, so busy callers rarely wait for Redis. One-token leases (low rates) never renew
+    /// ahead: every call asks Redis and the limit stays exact.
+    fn spend(&self, cost: u32) -> Spent {
         let now = Instant::now();
-        let mut state = self.state.lock().expect("lease lock");
+        let mut state = self.0.state.lock().expect("lease lock");
         if now.duration_since(state.window_started) >= LEASE_WINDOW {
             state.used_last_window = state.used_this_window;
             state.used_this_window = 0;
             state.window_started = now;
         }
         state.used_this_window = state.used_this_window.saturating_add(cost);
+        let wanted = state.used_last_window.clamp(cost, self.0.cap.max(cost));
         if now < state.expires && state.tokens >= cost {
             state.tokens -= cost;
-            return Ok(Decision {
-                allowed: true,
-                remaining: state.remaining + state.tokens,
-                retry_after: Duration::ZERO,
-                reset_after: state.full_at.saturating_duration_since(now),
+            let running_low = state.tokens < wanted / 4
+                || state.expires.saturating_duration_since(now) < LEASE_WINDOW / 4;
+            let renew = (self.0.cap > 1 && running_low && !state.renewing).then(|| {
+                state.renewing = true;
+                wanted
             });
+            return Spent::Served {
+                decision: Decision {
+                    allowed: true,
+                    remaining: state.remaining + state.tokens,
+                    retry_after: Duration::ZERO,
+                    reset_after: state.full_at.saturating_duration_since(now),
+                },
+                renew,
+            };
         }
-        Err(state.used_last_window.clamp(cost, self.cap.max(cost)))
+        Spent::Empty { wanted }
     }
 
-    /// Keeps what Redis granted beyond the call's own cost.
+    /// Keeps what Redis granted beyond `cost` (0 for a renewal ahead of need).
     fn refill(&self, cost: u32, taken: u32, decision: &Decision) {
         let now = Instant::now();
-        let mut state = self.state.lock().expect("lease lock");
+        let mut state = self.0.state.lock().expect("lease lock");
         let extra = taken.saturating_sub(cost);
         state.tokens = if now < state.expires {
             state.tokens + extra
@@ -139,6 +170,10 @@ impl Lease {
         state.expires = now + LEASE_WINDOW;
         state.remaining = decision.remaining;
         state.full_at = now + decision.reset_after;
+    }
+
+    fn renewed(&self) {
+        self.0.state.lock().expect("lease lock").renewing = false;
     }
 }
 
@@ -242,9 +277,56 @@ impl SharedStore {
         cost: u32,
     ) -> Option<Decision> {
         let wanted = match lease.spend(cost) {
-            Ok(decision) => return Some(decision),
-            Err(wanted) => wanted,
+            Spent::Served { decision, renew } => {
+                if let Some(wanted) = renew {
+                    self.renew_ahead(bucket, pause, lease, policy, wanted);
+                }
+                return Some(decision);
+            }
+            Spent::Empty { wanted } => wanted,
         };
+        let (taken, decision) = self.ask(bucket, pause, policy, cost, wanted).await?;
+        if decision.allowed {
+            lease.refill(cost, taken, &decision);
+        }
+        Some(Decision {
+            remaining: decision.remaining + taken.saturating_sub(cost),
+            ..decision
+        })
+    }
+
+    /// Tops the lease up in the background while callers keep spending what is left.
+    fn renew_ahead(
+        self: &Arc<Self>,
+        bucket: &str,
+        pause: Option<&str>,
+        lease: &Lease,
+        policy: Policy,
+        wanted: u32,
+    ) {
+        let (store, lease) = (self.clone(), lease.clone());
+        let (bucket, pause) = (bucket.to_string(), pause.map(str::to_string));
+        tokio::spawn(async move {
+            if let Some((taken, decision)) = store
+                .ask(&bucket, pause.as_deref(), policy, 0, wanted)
+                .await
+            {
+                lease.refill(0, taken, &decision);
+            }
+            lease.renewed();
+        });
+    }
+
+    /// One GCRA take in Redis: the tokens taken (at most `wanted`, at least `cost` when allowed)
+    /// and the decision; None when Redis cannot decide.
+    async fn ask(
+        self: &Arc<Self>,
+        bucket: &str,
+        pause: Option<&str>,
+        policy: Policy,
+        cost: u32,
+        wanted: u32,
+    ) -> Option<(u32, Decision)> {
         let connection = self.connection().await?;
         let mut connection = (*connection).clone();
         let mut invocation = self.gcra.key(bucket);
@@ -273,13 +355,7 @@ impl SharedStore {
                     retry_after: micros(retry_us),
                     reset_after: micros(reset_us),
                 };
-                if decision.allowed {
-                    lease.refill(cost, taken, &decision);
-                }
-                Some(Decision {
-                    remaining: decision.remaining + taken.saturating_sub(cost),
-                    ..decision
-                })
+                Some((taken, decision))
             }
             Err(reason) => {
                 self.failed(&reason);
