@@ -441,3 +441,70 @@ fn flatten<T>(
         Err(_) => Err(format!("no answer within {} ms", REDIS_TIMEOUT.as_millis())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(remaining: u32) -> Decision {
+        Decision {
+            allowed: true,
+            remaining,
+            retry_after: Duration::ZERO,
+            reset_after: Duration::from_millis(100),
+        }
+    }
+
+    #[test]
+    fn a_low_rate_lease_holds_one_token_and_never_renews_ahead() {
+        // 20/s over 20 ms is under one token: every call must ask Redis.
+        let lease = Lease::new(
+            Policy {
+                per_second: 20.0,
+                burst: 5,
+            },
+            2,
+        );
+        assert_eq!(lease.0.cap, 1);
+        assert!(matches!(lease.spend(1), Spent::Empty { wanted: 1 }));
+        lease.refill(1, 1, &decision(3));
+        assert!(matches!(lease.spend(1), Spent::Empty { wanted: 1 }));
+    }
+
+    #[test]
+    fn a_busy_lease_asks_for_what_the_last_window_used_and_renews_once_ahead() {
+        let lease = Lease::new(
+            Policy {
+                per_second: 100_000.0,
+                burst: 100_000,
+            },
+            1,
+        );
+        assert_eq!(lease.0.cap, 2000, "20 ms of 100k/s");
+        // First window: nothing leased, each call asks for its own cost.
+        for _ in 0..40 {
+            assert!(matches!(lease.spend(1), Spent::Empty { wanted: 1 }));
+        }
+        std::thread::sleep(LEASE_WINDOW);
+        let Spent::Empty { wanted } = lease.spend(1) else {
+            panic!("the lease is empty")
+        };
+        assert_eq!(wanted, 40, "the last window used 40 tokens");
+        lease.refill(1, wanted, &decision(1000));
+        let mut renewals = 0;
+        for spent in 0..39 {
+            match lease.spend(1) {
+                Spent::Served { decision, renew } => {
+                    assert_eq!(decision.remaining, 1000 + 38 - spent);
+                    renewals += usize::from(renew.is_some());
+                }
+                Spent::Empty { .. } => panic!("39 leased tokens, call {spent} found none"),
+            }
+        }
+        assert_eq!(renewals, 1, "one renewal ahead of need, not one per call");
+        assert!(
+            matches!(lease.spend(1), Spent::Empty { .. }),
+            "never more than leased"
+        );
+    }
+}
