@@ -255,8 +255,8 @@ async fn accept_loop(
     Ok(())
 }
 
-/// Tasks that live as long as the server: the upstream budget's dispatcher, the metrics upkeep, the cache
-/// invalidation listener (with Redis) and the audit retention pruning (with
+/// Tasks that live as long as the server: the upstream budget's dispatcher, the metrics upkeep,
+/// the cache invalidation listener (with Redis) and the audit retention pruning (with
 /// `audit.retention_days`).
 fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = vec![

@@ -73,10 +73,9 @@ pub fn touches_identity(path: &str) -> bool {
 /// An identified caller. Cheap to clone: shared by every call of that team.
 #[derive(Debug)]
 pub struct Client {
-    pub name: String,
+    /// Shared, so metric labels and log fields take it without a copy per call.
+    pub name: Arc<str>,
     pub role: Role,
-    /// The name, shared, for metric labels (no copy per call).
-    pub label: Arc<str>,
     /// The team's rate limit; kept across a reload when the team's limits did not change.
     pub limit: Arc<TeamLimit>,
     key_digest: [u8; 32],
@@ -108,12 +107,11 @@ impl ClientRegistry {
                 let limit = self
                     .clients
                     .iter()
-                    .find(|old| old.name == c.name && old.limit.policy_configured == policy)
+                    .find(|old| *old.name == *c.name && old.limit.policy_configured == policy)
                     .map(|old| old.limit.clone())
                     .unwrap_or_else(|| Arc::new(TeamLimit::new(&c.name, policy, rate_limit)));
                 Some(Arc::new(Client {
-                    label: Arc::from(c.name.as_str()),
-                    name: c.name.clone(),
+                    name: Arc::from(c.name.as_str()),
                     role: c.role,
                     limit,
                     key_digest,
@@ -125,7 +123,7 @@ impl ClientRegistry {
 
     /// Team names, in configuration order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.clients.iter().map(|c| c.name.as_str())
+        self.clients.iter().map(|c| &*c.name)
     }
 
     pub fn len(&self) -> usize {
@@ -231,7 +229,7 @@ mod tests {
     #[test]
     fn identifies_by_key() {
         let r = registry();
-        assert_eq!(r.identify("key-a").unwrap().name, "a");
+        assert_eq!(&*r.identify("key-a").unwrap().name, "a");
         assert_eq!(r.identify("key-b").unwrap().role, Role::Readonly);
         assert!(r.identify("key-c").is_none());
         assert!(r.identify("").is_none());

@@ -113,7 +113,7 @@ impl AuditLog {
         let record = AuditRecord {
             id: 0,
             ts: now_ts(),
-            client: call.client.name.clone(),
+            client: call.client.name.to_string(),
             role: call.client.role.as_str().into(),
             method: parts.method.to_string(),
             path: parts.uri.path().into(),

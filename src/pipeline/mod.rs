@@ -90,7 +90,7 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Respons
             "call finished"
         );
         if let Some(client) = &labels.client {
-            metrics::call_finished(labels.route, &method, status, &client.label, took);
+            metrics::call_finished(labels.route, &method, status, &client.name, took);
         }
         response
     }
@@ -116,7 +116,7 @@ async fn run(
     let client = identify(gw, &parts.headers)?;
     let route = gw.routes.find(&parts.method, parts.uri.path());
     let span = tracing::Span::current();
-    span.record("client", client.name.as_str());
+    span.record("client", &*client.name);
     labels.route = route.map_or("unknown", |r| r.operation_id);
     span.record("route", labels.route);
     labels.client = Some(client.clone());

@@ -203,7 +203,7 @@ impl RateLimits {
         } else {
             crate::metrics::team_rate_limited(&client.name);
             Err(GatewayError::RateLimited {
-                team: client.name.clone(),
+                team: client.name.to_string(),
                 quota: Box::new(quota),
             })
         }
