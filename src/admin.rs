@@ -54,12 +54,14 @@ pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
             "unreachable (serving with the short cache TTL)"
         });
     }
-    if gw.limits.backend() == crate::ratelimit::Backend::LocalFallback {
-        // Informational too: each replica then keeps its share of the limits.
-        checks["rate_limit_redis"] =
-            json!("unreachable (each replica enforces limits / rate_limit.replicas)");
-    } else if gw.limits.backend() == crate::ratelimit::Backend::Redis {
-        checks["rate_limit_redis"] = json!("ok");
+    // Informational too: without Redis each replica keeps its share of the limits.
+    match gw.limits.backend() {
+        crate::ratelimit::Backend::Redis => checks["rate_limit_redis"] = json!("ok"),
+        crate::ratelimit::Backend::LocalFallback => {
+            checks["rate_limit_redis"] =
+                json!("unreachable (each replica enforces limits / rate_limit.replicas)")
+        }
+        crate::ratelimit::Backend::Local | crate::ratelimit::Backend::Off => {}
     }
     let status = if ready {
         StatusCode::OK

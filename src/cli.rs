@@ -1,4 +1,5 @@
-//! The command line: `serve`, `keys new` and `check-config`, each a small function.
+//! The command line: `serve`, `keys new`, `check-config`, `health`, `migrate` and `audit`, each a
+//! small function.
 
 use std::path::PathBuf;
 use std::sync::Arc;
