@@ -34,8 +34,14 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
         .unwrap()
 }
 
-fn new_instance() -> serde_json::Value {
-    serde_json::json!({"imageId": "afecbb85-e2fc-46f0-9684-b46b1faf00bb", "productId": "V45", "region": "EU", "period": 1})
+/// POST /v1/compute/instances with `key`.
+async fn create_instance(gw: &TestGateway, key: &str) -> reqwest::Response {
+    let body = serde_json::json!({"imageId": "afecbb85-e2fc-46f0-9684-b46b1faf00bb", "productId": "V45", "region": "EU", "period": 1});
+    gw.request(reqwest::Method::POST, INSTANCES, key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -70,12 +76,7 @@ async fn a_team_over_its_limit_gets_429_with_headers_and_nothing_reaches_upstrea
         "{message}"
     );
     // A refused write is audited as rejected and not forwarded either.
-    let write = gw
-        .request(reqwest::Method::POST, INSTANCES, &operator)
-        .json(&new_instance())
-        .send()
-        .await
-        .unwrap();
+    let write = create_instance(&gw, &operator).await;
     assert_eq!(write.status(), 429);
     assert_eq!(
         gw.api_calls(),
@@ -106,16 +107,11 @@ async fn a_route_cost_takes_several_tokens() {
             .insert("POST /v1/compute/instances".into(), 3);
     })
     .await;
-    let create = || {
-        gw.request(reqwest::Method::POST, INSTANCES, &gw.keys.operator)
-            .json(&new_instance())
-            .send()
-    };
-    let first = create().await.unwrap();
+    let first = create_instance(&gw, &gw.keys.operator).await;
     assert_eq!(first.status(), 201);
     assert!(header(&first, "ratelimit").starts_with("\"team\";r=1;"));
     assert_eq!(
-        create().await.unwrap().status(),
+        create_instance(&gw, &gw.keys.operator).await.status(),
         429,
         "1 token left, 3 needed"
     );
@@ -243,12 +239,7 @@ async fn throttled_gateway(max_wait_ms: u64, retry_after_secs: u64) -> TestGatew
 #[tokio::test]
 async fn an_upstream_429_is_passed_back_and_holds_every_upstream_call() {
     let gw = throttled_gateway(5000, 2).await;
-    let write = gw
-        .request(reqwest::Method::POST, INSTANCES, &gw.keys.admin)
-        .json(&new_instance())
-        .send()
-        .await
-        .unwrap();
+    let write = create_instance(&gw, &gw.keys.admin).await;
     let paused_at = Instant::now();
     assert_eq!(write.status(), 429, "Contabo's 429 goes back to the caller");
     assert_eq!(header(&write, "retry-after"), "2");
@@ -294,12 +285,7 @@ async fn a_read_is_retried_once_after_the_pause_when_it_fits_in_max_wait() {
 #[tokio::test]
 async fn an_upstream_429_without_retry_after_gets_a_backoff() {
     let gw = throttled_gateway(2000, 0).await;
-    let write = gw
-        .request(reqwest::Method::POST, INSTANCES, &gw.keys.admin)
-        .json(&new_instance())
-        .send()
-        .await
-        .unwrap();
+    let write = create_instance(&gw, &gw.keys.admin).await;
     assert_eq!(write.status(), 429);
     // The first backoff is 0.5-1 s, announced in whole seconds.
     assert_eq!(header(&write, "retry-after"), "1");
