@@ -97,6 +97,19 @@ async fn send(
     request.send().await.unwrap().status().as_u16()
 }
 
+/// POST /v1/compute/instances with `key`, body {"period": n} and request id `rid(n)`.
+async fn create_instance(gw: &TestGateway, key: &str, n: u32) -> u16 {
+    send(
+        gw,
+        Method::POST,
+        "/v1/compute/instances",
+        key,
+        Some(serde_json::json!({"period": n})),
+        &rid(n),
+    )
+    .await
+}
+
 fn rid(n: u32) -> String {
     format!("00000000-0000-4000-8000-{n:012}")
 }
@@ -410,15 +423,7 @@ async fn filters_pagination_and_formats(backend: Backend) {
         } else {
             &gw.keys.operator
         };
-        send(
-            &gw,
-            Method::POST,
-            "/v1/compute/instances",
-            key,
-            Some(serde_json::json!({"period": n})),
-            &rid(n),
-        )
-        .await;
+        create_instance(&gw, key, n).await;
     }
     send(
         &gw,
@@ -549,15 +554,7 @@ async fn verify_passes_and_finds_a_tampered_row(backend: Backend) {
         return;
     };
     for n in 1..=4 {
-        send(
-            &gw,
-            Method::POST,
-            "/v1/compute/instances",
-            &gw.keys.operator,
-            Some(serde_json::json!({"period": n})),
-            &rid(n),
-        )
-        .await;
+        create_instance(&gw, &gw.keys.operator, n).await;
     }
     gw.gateway.audit.flush().await;
     let verify = || {
@@ -824,15 +821,7 @@ async fn retention_pruning_leaves_a_chain_that_still_verifies() {
         return;
     };
     for n in 1..=5 {
-        send(
-            &gw,
-            Method::POST,
-            "/v1/compute/instances",
-            &gw.keys.operator,
-            Some(serde_json::json!({"period": n})),
-            &rid(n),
-        )
-        .await;
+        create_instance(&gw, &gw.keys.operator, n).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     gw.gateway.audit.flush().await;

@@ -130,14 +130,19 @@ async fn concurrent_gets(gw: &TestGateway, key: &str, count: usize) -> (Vec<u16>
     (statuses, started.elapsed())
 }
 
+/// A gateway whose upstream budget is `per_second`, `burst`, with `max_wait_ms` in the queue.
+async fn budget_gateway(per_second: f64, burst: u32, max_wait_ms: u64) -> TestGateway {
+    common::start_with(SandboxOptions::default(), |c| {
+        c.rate_limit.upstream_per_second = per_second;
+        c.rate_limit.upstream_burst = burst;
+        c.rate_limit.max_wait_ms = max_wait_ms;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn calls_without_upstream_budget_wait_in_the_queue_then_get_429() {
-    let gw = common::start_with(SandboxOptions::default(), |c| {
-        c.rate_limit.upstream_per_second = 5.0;
-        c.rate_limit.upstream_burst = 1;
-        c.rate_limit.max_wait_ms = 3000;
-    })
-    .await;
+    let gw = budget_gateway(5.0, 1, 3000).await;
     let (statuses, took) = concurrent_gets(&gw, &gw.keys.admin, 6).await;
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     // One at once, then one every 200 ms.
@@ -145,12 +150,7 @@ async fn calls_without_upstream_budget_wait_in_the_queue_then_get_429() {
     assert_eq!(gw.api_calls(), 6);
 
     // One token a second, a wait of 300 ms: one call is served, the others give up.
-    let gw = common::start_with(SandboxOptions::default(), |c| {
-        c.rate_limit.upstream_per_second = 1.0;
-        c.rate_limit.upstream_burst = 1;
-        c.rate_limit.max_wait_ms = 300;
-    })
-    .await;
+    let gw = budget_gateway(1.0, 1, 300).await;
     let (statuses, took) = concurrent_gets(&gw, &gw.keys.admin, 6).await;
     assert_eq!(
         statuses.iter().filter(|&&s| s == 200).count(),
@@ -175,14 +175,7 @@ async fn calls_without_upstream_budget_wait_in_the_queue_then_get_429() {
 
 #[tokio::test]
 async fn a_flooding_team_does_not_starve_another() {
-    let gw = Arc::new(
-        common::start_with(SandboxOptions::default(), |c| {
-            c.rate_limit.upstream_per_second = 10.0;
-            c.rate_limit.upstream_burst = 1;
-            c.rate_limit.max_wait_ms = 1500;
-        })
-        .await,
-    );
+    let gw = Arc::new(budget_gateway(10.0, 1, 1500).await);
     let stop_at = Instant::now() + Duration::from_secs(3);
     let flood_refused = Arc::new(AtomicU32::new(0));
     let mut flood = Vec::new();
@@ -301,12 +294,7 @@ async fn an_upstream_429_without_retry_after_gets_a_backoff() {
 
 #[tokio::test]
 async fn cache_hits_need_no_upstream_budget() {
-    let gw = common::start_with(SandboxOptions::default(), |c| {
-        c.rate_limit.upstream_per_second = 0.2;
-        c.rate_limit.upstream_burst = 1;
-        c.rate_limit.max_wait_ms = 100;
-    })
-    .await;
+    let gw = budget_gateway(0.2, 1, 100).await;
     assert_eq!(gw.get_status("/v1/users", &gw.keys.admin).await, 200);
     for _ in 0..20 {
         let hit = gw.get("/v1/users", &gw.keys.admin).send().await.unwrap();
