@@ -8,6 +8,7 @@ use std::sync::Once;
 
 use futures_util::{Stream, StreamExt};
 use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::pool::PoolConnection;
 use sqlx::{AnyPool, Row};
 
 use super::record::{AuditRecord, GENESIS_HASH, Outcome, now_ts};
@@ -73,6 +74,9 @@ impl Store {
                         "PRAGMA journal_mode = WAL",
                         "PRAGMA synchronous = FULL",
                         "PRAGMA busy_timeout = 5000",
+                        // A multi-row upsert keeps a statement journal: in memory, not a temp
+                        // file created and deleted per batch.
+                        "PRAGMA temp_store = MEMORY",
                     ] {
                         sqlx::query(pragma).execute(&mut *conn).await?;
                     }
@@ -99,8 +103,19 @@ impl Store {
         result.map_err(|e| format!("cannot migrate the audit store: {e}"))
     }
 
-    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+    /// A connection held by one writer for its whole life: on SQLite its page cache then stays
+    /// valid from one batch to the next (a pooled connection another one wrote through would have
+    /// to read the pages again).
+    pub async fn writer_connection(&self) -> Result<PoolConnection<sqlx::Any>, sqlx::Error> {
+        self.pool.acquire().await
+    }
+
+    /// A transaction that may append to the chain (on PostgreSQL, under the advisory lock).
+    pub async fn begin<'c>(
+        &self,
+        conn: &'c mut sqlx::AnyConnection,
+    ) -> Result<sqlx::Transaction<'c, sqlx::Any>, sqlx::Error> {
+        let mut tx = sqlx::Connection::begin(conn).await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(CHAIN_LOCK_KEY)
@@ -303,7 +318,8 @@ impl Store {
     /// chain, and records a checkpoint with the last deleted record's hash so the rest verifies.
     pub async fn prune(&self, before: &str) -> Result<u64, String> {
         let err = |e: sqlx::Error| e.to_string();
-        let mut tx = self.begin().await.map_err(err)?;
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let mut tx = self.begin(&mut conn).await.map_err(err)?;
         // Only a prefix of the chain can go: up to the first record that is young enough to stay.
         let stop = sqlx::query(
             "SELECT MIN(seq) AS s FROM audit_records WHERE seq IS NOT NULL AND ts >= $1",

@@ -6,6 +6,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::AuditRecord;
@@ -36,6 +37,9 @@ pub type Health = Arc<RwLock<Result<(), String>>>;
 
 pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
     let mut store = open(&url, &health).await;
+    // The writer's own connection, taken from the store's pool on the first batch and kept until a
+    // write fails.
+    let mut conn = None;
     loop {
         let first = match store {
             Some(_) => ops.recv().await,
@@ -60,7 +64,7 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
         }
         let started = std::time::Instant::now();
         let result = match &store {
-            Some(s) => write(s, &mut batch)
+            Some(s) => write(s, &mut conn, &mut batch)
                 .await
                 .map_err(|e| format!("the audit store could not be written: {e}")),
             None => Err(health
@@ -80,6 +84,7 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
             tracing::error!(%reason, records = batch.len(), "audit write failed");
             *health.write().expect("health lock") = Err(reason.clone());
             store = None;
+            conn = None;
         }
         reply(batch, result);
     }
@@ -108,8 +113,16 @@ async fn open(url: &str, health: &Health) -> Option<Store> {
 
 /// Writes the batch in one transaction: ids and chain positions are assigned here, in order, then
 /// every record goes in with multi-row upserts (new ones inserted, pending ones finalised).
-async fn write(store: &Store, batch: &mut [Op]) -> Result<(), sqlx::Error> {
-    let mut tx = store.begin().await?;
+async fn write(
+    store: &Store,
+    conn: &mut Option<PoolConnection<sqlx::Any>>,
+    batch: &mut [Op],
+) -> Result<(), sqlx::Error> {
+    if conn.is_none() {
+        *conn = Some(store.writer_connection().await?);
+    }
+    let conn = conn.as_mut().expect("the writer's connection was just taken");
+    let mut tx = store.begin(conn).await?;
     let (max_id, mut seq, mut prev) = Store::tail(&mut tx).await?;
     let mut next_id = max_id + 1;
     for op in batch.iter_mut() {
