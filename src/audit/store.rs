@@ -31,6 +31,14 @@ pub struct Store {
 const COLUMNS: &str = "id, ts, client, role, method, path, query, request_id, trace_id, client_ip, \
      request_body, status, outcome, response_body, duration_ms, upstream_ms, seq, prev_hash, hash";
 
+/// Where the next batch continues: the highest id in use and the chain's last seq and hash.
+#[derive(Debug, Clone)]
+pub struct ChainTail {
+    pub max_id: i64,
+    pub seq: i64,
+    pub hash: String,
+}
+
 /// What `verify` found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VerifyReport {
@@ -127,7 +135,7 @@ impl Store {
 
     /// In one round trip: the highest id in use (new records are numbered from it under the chain
     /// lock) and the chain's head (last seq and hash; the checkpoint after pruning; the genesis).
-    pub async fn tail(tx: &mut sqlx::AnyConnection) -> Result<(i64, i64, String), sqlx::Error> {
+    pub async fn tail(tx: &mut sqlx::AnyConnection) -> Result<ChainTail, sqlx::Error> {
         let row = sqlx::query(
             "SELECT (SELECT COALESCE(MAX(id), 0) FROM audit_records) AS max_id, \
                     (SELECT seq FROM audit_records WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1) AS seq, \
@@ -151,7 +159,11 @@ impl Store {
                 _ => (0, GENESIS_HASH.to_string()),
             },
         };
-        Ok((max_id, head.0, head.1))
+        Ok(ChainTail {
+            max_id,
+            seq: head.0,
+            hash: head.1,
+        })
     }
 
     /// Writes records (with their ids) in multi-row upserts, one statement per chunk rather than one
@@ -162,70 +174,41 @@ impl Store {
         tx: &mut sqlx::AnyConnection,
         records: &[&AuditRecord],
     ) -> Result<(), sqlx::Error> {
-        // Numeric columns that may be NULL in one row and set in another are cast, so PostgreSQL
-        // reads every row's value with the column's type.
-        const CASTS: [&str; 19] = [
-            "BIGINT",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "BIGINT",
-            "",
-            "",
-            "DOUBLE PRECISION",
-            "DOUBLE PRECISION",
-            "BIGINT",
-            "",
-            "",
-        ];
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from(
-                "INSERT INTO audit_records (id, ts, client, role, method, path, query, request_id, trace_id, \
-                 client_ip, request_body, status, outcome, response_body, duration_ms, upstream_ms, seq, \
-                 prev_hash, hash) VALUES ",
-            );
-            push_placeholders(&mut sql, self.backend, chunk.len(), &CASTS);
-            sql.push_str(
-                " ON CONFLICT (id) DO UPDATE SET status = excluded.status, outcome = excluded.outcome, \
-                 response_body = excluded.response_body, duration_ms = excluded.duration_ms, \
-                 upstream_ms = excluded.upstream_ms, seq = excluded.seq, prev_hash = excluded.prev_hash, \
-                 hash = excluded.hash",
-            );
+            let sql = upsert_sql(self.backend, chunk.len());
             // PostgreSQL: not cached as a prepared statement, because a parameter's declared type
             // follows the value bound (NULL or a number), which differs from batch to batch.
-            // SQLite has no such declared types: caching saves parsing the statement per batch.
-            let cached = self.backend == Backend::Sqlite;
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(cached);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for r in chunk {
-                query = query
-                    .bind(r.id)
-                    .bind(r.ts.clone())
-                    .bind(r.client.clone())
-                    .bind(r.role.clone())
-                    .bind(r.method.clone())
-                    .bind(r.path.clone())
-                    .bind(r.query.clone())
-                    .bind(r.request_id.clone())
-                    .bind(r.trace_id.clone())
-                    .bind(r.client_ip.clone())
-                    .bind(r.request_body.clone())
-                    .bind(r.status)
-                    .bind(r.outcome.as_str())
-                    .bind(r.response_body.clone())
-                    .bind(r.duration_ms)
-                    .bind(r.upstream_ms)
-                    .bind(r.seq)
-                    .bind(r.prev_hash.clone())
-                    .bind(r.hash.clone());
+                query = bind_record(query, r);
             }
             query.execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+
+    /// SQLite: the whole batch as one transaction in one round trip to the connection's thread
+    /// (`BEGIN IMMEDIATE`, the upserts, `COMMIT` in one statement list), a cached prepared
+    /// statement per batch size. A failure rolls the transaction back before it returns.
+    pub async fn commit_batch_sqlite(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        records: &[&AuditRecord],
+    ) -> Result<(), sqlx::Error> {
+        let mut sql = String::from("BEGIN IMMEDIATE; ");
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            sql.push_str(&upsert_sql(Backend::Sqlite, chunk.len()));
+            sql.push_str("; ");
+        }
+        sql.push_str("COMMIT");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(true);
+        for r in records {
+            query = bind_record(query, r);
+        }
+        if let Err(error) = query.execute(&mut *conn).await {
+            // Fails harmlessly when the failure already ended the transaction.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            return Err(error);
         }
         Ok(())
     }
@@ -367,6 +350,10 @@ impl Store {
         Ok(deleted)
     }
 
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -374,6 +361,70 @@ impl Store {
 
 /// Rows per multi-row statement (19 values a row stays far below both backends' limits).
 const ROWS_PER_STATEMENT: usize = 128;
+
+/// Numeric columns that may be NULL in one row and set in another are cast, so PostgreSQL reads
+/// every row's value with the column's type (one entry per column of the upsert, "" for none).
+const UPSERT_CASTS: [&str; 19] = [
+    "BIGINT",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "",
+    "BIGINT",
+    "",
+    "",
+    "DOUBLE PRECISION",
+    "DOUBLE PRECISION",
+    "BIGINT",
+    "",
+    "",
+];
+
+/// A multi-row upsert of `rows` records: new ones inserted, pending ones finalised by id.
+fn upsert_sql(backend: Backend, rows: usize) -> String {
+    let mut sql = format!("INSERT INTO audit_records ({COLUMNS}) VALUES ");
+    push_placeholders(&mut sql, backend, rows, &UPSERT_CASTS);
+    sql.push_str(
+        " ON CONFLICT (id) DO UPDATE SET status = excluded.status, outcome = excluded.outcome, \
+         response_body = excluded.response_body, duration_ms = excluded.duration_ms, \
+         upstream_ms = excluded.upstream_ms, seq = excluded.seq, prev_hash = excluded.prev_hash, \
+         hash = excluded.hash",
+    );
+    sql
+}
+
+/// Binds one record's values in `COLUMNS` order.
+fn bind_record<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    r: &AuditRecord,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    query
+        .bind(r.id)
+        .bind(r.ts.clone())
+        .bind(r.client.clone())
+        .bind(r.role.clone())
+        .bind(r.method.clone())
+        .bind(r.path.clone())
+        .bind(r.query.clone())
+        .bind(r.request_id.clone())
+        .bind(r.trace_id.clone())
+        .bind(r.client_ip.clone())
+        .bind(r.request_body.clone())
+        .bind(r.status)
+        .bind(r.outcome.as_str())
+        .bind(r.response_body.clone())
+        .bind(r.duration_ms)
+        .bind(r.upstream_ms)
+        .bind(r.seq)
+        .bind(r.prev_hash.clone())
+        .bind(r.hash.clone())
+}
 
 /// The n-th (from 1) bind placeholder. SQLite gets anonymous `?`: sqlx looks every named one up by
 /// name, which is quadratic in a multi-row statement.

@@ -10,7 +10,7 @@ use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::AuditRecord;
-use super::store::Store;
+use super::store::{Backend, ChainTail, Store};
 
 /// Most records taken into one transaction.
 const MAX_BATCH: usize = 512;
@@ -40,6 +40,8 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
     // The writer's own connection, taken from the store's pool on the first batch and kept until a
     // write fails.
     let mut conn = None;
+    // The chain's tail after the last batch, when this writer may rely on it (see `write`).
+    let mut tail = None;
     loop {
         let first = match store {
             Some(_) => ops.recv().await,
@@ -64,7 +66,7 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
         }
         let started = std::time::Instant::now();
         let result = match &store {
-            Some(s) => write(s, &mut conn, &mut batch)
+            Some(s) => write(s, &mut conn, &mut tail, &mut batch)
                 .await
                 .map_err(|e| format!("the audit store could not be written: {e}")),
             None => Err(health
@@ -85,6 +87,7 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
             *health.write().expect("health lock") = Err(reason.clone());
             store = None;
             conn = None;
+            tail = None;
         }
         reply(batch, result);
     }
@@ -113,18 +116,49 @@ async fn open(url: &str, health: &Health) -> Option<Store> {
 
 /// Writes the batch in one transaction: ids and chain positions are assigned here, in order, then
 /// every record goes in with multi-row upserts (new ones inserted, pending ones finalised).
+///
+/// On SQLite one gateway process owns the file, so the chain's tail read once stays right: it is
+/// kept in `tail` between batches (and dropped when a write fails) and the batch is one round trip.
+/// On PostgreSQL several replicas append, so the tail is read under the advisory lock every time.
 async fn write(
     store: &Store,
     conn: &mut Option<PoolConnection<sqlx::Any>>,
+    tail: &mut Option<ChainTail>,
     batch: &mut [Op],
 ) -> Result<(), sqlx::Error> {
     if conn.is_none() {
         *conn = Some(store.writer_connection().await?);
     }
     let conn = conn.as_mut().expect("the writer's connection was just taken");
-    let mut tx = store.begin(conn).await?;
-    let (max_id, mut seq, mut prev) = Store::tail(&mut tx).await?;
-    let mut next_id = max_id + 1;
+    match store.backend() {
+        Backend::Sqlite => {
+            let start = match tail.take() {
+                Some(known) => known,
+                None => Store::tail(conn).await?,
+            };
+            let end = place_in_chain(batch, start);
+            store.commit_batch_sqlite(conn, &records(batch)).await?;
+            *tail = Some(end);
+            Ok(())
+        }
+        Backend::Postgres => {
+            let mut tx = store.begin(conn).await?;
+            let start = Store::tail(&mut tx).await?;
+            place_in_chain(batch, start);
+            store.upsert_all(&mut tx, &records(batch)).await?;
+            tx.commit().await
+        }
+    }
+}
+
+/// Numbers the batch's new records and appends its finalised ones to the chain after `tail`;
+/// returns the chain's new tail.
+fn place_in_chain(batch: &mut [Op], tail: ChainTail) -> ChainTail {
+    let ChainTail {
+        mut max_id,
+        mut seq,
+        hash: mut prev,
+    } = tail;
     for op in batch.iter_mut() {
         let (record, finishing) = match op {
             Op::Begin { record, .. } => (record, false),
@@ -133,8 +167,8 @@ async fn write(
         };
         // A Begin is new (pending); a Finish without an id (a refusal) is new and final at once.
         if record.id == 0 {
-            record.id = next_id;
-            next_id += 1;
+            max_id += 1;
+            record.id = max_id;
         }
         if finishing {
             seq += 1;
@@ -144,15 +178,21 @@ async fn write(
             record.hash = Some(hash);
         }
     }
-    let records: Vec<&AuditRecord> = batch
+    ChainTail {
+        max_id,
+        seq,
+        hash: prev,
+    }
+}
+
+fn records(batch: &[Op]) -> Vec<&AuditRecord> {
+    batch
         .iter()
         .filter_map(|op| match op {
             Op::Begin { record, .. } | Op::Finish { record, .. } => Some(record),
             Op::Flush { .. } => None,
         })
-        .collect();
-    store.upsert_all(&mut tx, &records).await?;
-    tx.commit().await
+        .collect()
 }
 
 fn reply(batch: Vec<Op>, result: Result<(), String>) {
