@@ -163,7 +163,10 @@ mod tests {
             .map(|_| RequestId::generate().as_str().to_string())
             .collect();
         let out_of_order = ids.windows(2).filter(|w| w[0] >= w[1]).count();
-        assert!(out_of_order <= 1, "{out_of_order} ids sorted before their predecessor");
+        assert!(
+            out_of_order <= 1,
+            "{out_of_order} ids sorted before their predecessor"
+        );
     }
 
     #[test]

@@ -135,55 +135,77 @@ impl Store {
 
     /// In one round trip: the highest id in use (new records are numbered from it under the chain
     /// lock) and the chain's head (last seq and hash; the checkpoint after pruning; the genesis).
-    pub async fn tail(tx: &mut sqlx::AnyConnection) -> Result<ChainTail, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT (SELECT COALESCE(MAX(id), 0) FROM audit_records) AS max_id, \
-                    (SELECT seq FROM audit_records WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1) AS seq, \
-                    (SELECT hash FROM audit_records WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1) AS hash, \
-                    (SELECT last_seq FROM audit_checkpoints ORDER BY id DESC LIMIT 1) AS cp_seq, \
-                    (SELECT last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1) AS cp_hash",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let max_id: i64 = row.try_get("max_id")?;
-        let head = match (
-            row.try_get::<Option<i64>, _>("seq")?,
-            row.try_get::<Option<String>, _>("hash")?,
-        ) {
-            (Some(seq), Some(hash)) => (seq, hash),
-            _ => match (
-                row.try_get::<Option<i64>, _>("cp_seq")?,
-                row.try_get::<Option<String>, _>("cp_hash")?,
-            ) {
-                (Some(seq), Some(hash)) => (seq, hash),
-                _ => (0, GENESIS_HASH.to_string()),
-            },
-        };
-        Ok(ChainTail {
-            max_id,
-            seq: head.0,
-            hash: head.1,
-        })
+    pub async fn tail(conn: &mut sqlx::AnyConnection) -> Result<ChainTail, sqlx::Error> {
+        let row = sqlx::query(TAIL_SQL).fetch_one(&mut *conn).await?;
+        decode_tail(&row)
     }
 
-    /// Writes records (with their ids) in multi-row upserts, one statement per chunk rather than one
-    /// per record (statement overhead dominates a batch): new records are inserted, pending ones
-    /// get their final fields and chain position through their primary key.
-    pub async fn upsert_all(
+    /// PostgreSQL: opens the transaction that appends a batch, takes the chain lock (replicas
+    /// append one at a time) and reads the chain's tail, in one round trip. In READ COMMITTED each
+    /// statement of the list reads a snapshot taken when it starts, so the tail is read after the
+    /// lock is held and includes every batch committed before. Rolled back when it fails.
+    pub async fn begin_append_postgres(
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<ChainTail, sqlx::Error> {
+        let sql = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}) IS NULL AS locked; {TAIL_SQL}"
+        );
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await;
+        let tail = match rows {
+            Ok(rows) => match rows.last() {
+                Some(row) => decode_tail(row),
+                None => Err(sqlx::Error::RowNotFound),
+            },
+            Err(error) => Err(error),
+        };
+        if tail.is_err() {
+            Self::rollback(conn).await;
+        }
+        tail
+    }
+
+    /// Ends a transaction opened by `begin_append_postgres`: commits, or rolls back on failure.
+    pub async fn commit(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+        let result = sqlx::query("COMMIT").execute(&mut *conn).await;
+        if result.is_err() {
+            Self::rollback(conn).await;
+        }
+        result.map(|_| ())
+    }
+
+    /// Rolls back whatever transaction is open; fails harmlessly when there is none.
+    pub async fn rollback(conn: &mut sqlx::AnyConnection) {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+
+    /// PostgreSQL: writes the batch's records (with their ids) in one upsert whose only parameter
+    /// is the records as a JSON array, expanded by `json_to_recordset`: new records are inserted,
+    /// pending ones get their final fields and chain position through their primary key. One
+    /// prepared statement serves every batch size; a multi-row VALUES list (19 parameters a row)
+    /// was parsed and planned again for each batch, 4.5 ms for 60 records.
+    pub async fn upsert_batch_postgres(
         &self,
         tx: &mut sqlx::AnyConnection,
         records: &[&AuditRecord],
     ) -> Result<(), sqlx::Error> {
-        for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            let sql = upsert_sql(self.backend, chunk.len());
-            // PostgreSQL: not cached as a prepared statement, because a parameter's declared type
-            // follows the value bound (NULL or a number), which differs from batch to batch.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-            for r in chunk {
-                query = bind_record(query, r);
-            }
-            query.execute(&mut *tx).await?;
-        }
+        const SQL: &str = "INSERT INTO audit_records (id, ts, client, role, method, path, query, \
+             request_id, trace_id, client_ip, request_body, status, outcome, response_body, \
+             duration_ms, upstream_ms, seq, prev_hash, hash) \
+             SELECT id, ts, client, role, method, path, query, request_id, trace_id, client_ip, \
+             request_body, status, outcome, response_body, duration_ms, upstream_ms, seq, \
+             prev_hash, hash \
+             FROM json_to_recordset($1::json) AS r(id BIGINT, ts TEXT, client TEXT, role TEXT, \
+             method TEXT, path TEXT, query TEXT, request_id TEXT, trace_id TEXT, client_ip TEXT, \
+             request_body TEXT, status BIGINT, outcome TEXT, response_body TEXT, \
+             duration_ms DOUBLE PRECISION, upstream_ms DOUBLE PRECISION, seq BIGINT, \
+             prev_hash TEXT, hash TEXT) ";
+        let rows = serde_json::to_string(records).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("{SQL}{UPSERT_FINALISES}")))
+            .bind(rows)
+            .execute(&mut *tx)
+            .await?;
         Ok(())
     }
 
@@ -197,7 +219,7 @@ impl Store {
     ) -> Result<(), sqlx::Error> {
         let mut sql = String::from("BEGIN IMMEDIATE; ");
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
-            sql.push_str(&upsert_sql(Backend::Sqlite, chunk.len()));
+            sql.push_str(&upsert_sql_sqlite(chunk.len()));
             sql.push_str("; ");
         }
         sql.push_str("COMMIT");
@@ -207,7 +229,7 @@ impl Store {
         }
         if let Err(error) = query.execute(&mut *conn).await {
             // Fails harmlessly when the failure already ended the transaction.
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Self::rollback(conn).await;
             return Err(error);
         }
         Ok(())
@@ -359,43 +381,52 @@ impl Store {
     }
 }
 
+/// The chain's tail (see `Store::tail`).
+const TAIL_SQL: &str = "SELECT (SELECT COALESCE(MAX(id), 0) FROM audit_records) AS max_id, \
+                    (SELECT seq FROM audit_records WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1) AS seq, \
+                    (SELECT hash FROM audit_records WHERE seq IS NOT NULL ORDER BY seq DESC LIMIT 1) AS hash, \
+                    (SELECT last_seq FROM audit_checkpoints ORDER BY id DESC LIMIT 1) AS cp_seq, \
+                    (SELECT last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1) AS cp_hash";
+
+fn decode_tail(row: &AnyRow) -> Result<ChainTail, sqlx::Error> {
+    let max_id: i64 = row.try_get("max_id")?;
+    let head = match (
+        row.try_get::<Option<i64>, _>("seq")?,
+        row.try_get::<Option<String>, _>("hash")?,
+    ) {
+        (Some(seq), Some(hash)) => (seq, hash),
+        _ => match (
+            row.try_get::<Option<i64>, _>("cp_seq")?,
+            row.try_get::<Option<String>, _>("cp_hash")?,
+        ) {
+            (Some(seq), Some(hash)) => (seq, hash),
+            _ => (0, GENESIS_HASH.to_string()),
+        },
+    };
+    Ok(ChainTail {
+        max_id,
+        seq: head.0,
+        hash: head.1,
+    })
+}
+
 /// Rows per multi-row statement (19 values a row stays far below both backends' limits).
 const ROWS_PER_STATEMENT: usize = 128;
 
-/// Numeric columns that may be NULL in one row and set in another are cast, so PostgreSQL reads
-/// every row's value with the column's type (one entry per column of the upsert, "" for none).
-const UPSERT_CASTS: [&str; 19] = [
-    "BIGINT",
-    "",
-    "",
-    "",
-    "",
-    "",
-    "",
-    "",
-    "",
-    "",
-    "",
-    "BIGINT",
-    "",
-    "",
-    "DOUBLE PRECISION",
-    "DOUBLE PRECISION",
-    "BIGINT",
-    "",
-    "",
-];
+/// What an upsert does to a record that is already there (pending): its final fields and chain
+/// position.
+const UPSERT_FINALISES: &str = " ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
+     outcome = excluded.outcome, response_body = excluded.response_body, \
+     duration_ms = excluded.duration_ms, upstream_ms = excluded.upstream_ms, seq = excluded.seq, \
+     prev_hash = excluded.prev_hash, hash = excluded.hash";
 
-/// A multi-row upsert of `rows` records: new ones inserted, pending ones finalised by id.
-fn upsert_sql(backend: Backend, rows: usize) -> String {
+/// SQLite: a multi-row upsert of `rows` records with anonymous `?` placeholders (sqlx looks every
+/// named one up by name, which is quadratic in a multi-row statement).
+fn upsert_sql_sqlite(rows: usize) -> String {
     let mut sql = format!("INSERT INTO audit_records ({COLUMNS}) VALUES ");
-    push_placeholders(&mut sql, backend, rows, &UPSERT_CASTS);
-    sql.push_str(
-        " ON CONFLICT (id) DO UPDATE SET status = excluded.status, outcome = excluded.outcome, \
-         response_body = excluded.response_body, duration_ms = excluded.duration_ms, \
-         upstream_ms = excluded.upstream_ms, seq = excluded.seq, prev_hash = excluded.prev_hash, \
-         hash = excluded.hash",
-    );
+    let row = format!("({})", ["?"; 19].join(", "));
+    sql.push_str(&vec![row; rows].join(", "));
+    sql.push_str(UPSERT_FINALISES);
     sql
 }
 
@@ -424,37 +455,6 @@ fn bind_record<'q>(
         .bind(r.seq)
         .bind(r.prev_hash.clone())
         .bind(r.hash.clone())
-}
-
-/// The n-th (from 1) bind placeholder. SQLite gets anonymous `?`: sqlx looks every named one up by
-/// name, which is quadratic in a multi-row statement.
-fn placeholder(backend: Backend, n: usize) -> String {
-    match backend {
-        Backend::Sqlite => "?".to_string(),
-        Backend::Postgres => format!("${n}"),
-    }
-}
-
-/// "(p, ..., p), (...)" for `rows` rows of one value per entry of `casts` (a type to cast to, or "").
-fn push_placeholders(sql: &mut String, backend: Backend, rows: usize, casts: &[&str]) {
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for (col, cast) in casts.iter().enumerate() {
-            if col > 0 {
-                sql.push_str(", ");
-            }
-            let p = placeholder(backend, row * casts.len() + col + 1);
-            if cast.is_empty() {
-                sql.push_str(&p);
-            } else {
-                sql.push_str(&format!("CAST({p} AS {cast})"));
-            }
-        }
-        sql.push(')');
-    }
 }
 
 fn decode(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {

@@ -129,7 +129,9 @@ async fn write(
     if conn.is_none() {
         *conn = Some(store.writer_connection().await?);
     }
-    let conn = conn.as_mut().expect("the writer's connection was just taken");
+    let conn = conn
+        .as_mut()
+        .expect("the writer's connection was just taken");
     match store.backend() {
         Backend::Sqlite => {
             let start = match tail.take() {
@@ -142,11 +144,13 @@ async fn write(
             Ok(())
         }
         Backend::Postgres => {
-            let mut tx = store.begin(conn).await?;
-            let start = Store::tail(&mut tx).await?;
+            let start = Store::begin_append_postgres(conn).await?;
             place_in_chain(batch, start);
-            store.upsert_all(&mut tx, &records(batch)).await?;
-            tx.commit().await
+            if let Err(error) = store.upsert_batch_postgres(conn, &records(batch)).await {
+                Store::rollback(conn).await;
+                return Err(error);
+            }
+            Store::commit(conn).await
         }
     }
 }
