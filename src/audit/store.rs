@@ -118,7 +118,8 @@ impl Store {
         self.pool.acquire().await
     }
 
-    /// A transaction that may append to the chain (on PostgreSQL, under the advisory lock).
+    /// A transaction that changes the chain (pruning its start): on PostgreSQL under the same
+    /// advisory lock as the writers' appends.
     pub async fn begin<'c>(
         &self,
         conn: &'c mut sqlx::AnyConnection,
@@ -410,7 +411,7 @@ fn decode_tail(row: &AnyRow) -> Result<ChainTail, sqlx::Error> {
     })
 }
 
-/// Rows per multi-row statement (19 values a row stays far below both backends' limits).
+/// Rows per SQLite multi-row statement (19 values a row stays far below SQLite's 32766).
 const ROWS_PER_STATEMENT: usize = 128;
 
 /// What an upsert does to a record that is already there (pending): its final fields and chain
