@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::AuditConfig;
 use crate::error::GatewayError;
 use crate::pipeline::CallContext;
-use record::{AuditRecord, Outcome, millis, now_ts, stored_body};
+use record::{AuditRecord, BodyPolicy, Outcome, millis, now_ts};
 use writer::{Health, Op};
 
 /// How many records may wait for the writer before callers wait too.
@@ -30,6 +30,7 @@ const QUEUE: usize = 8192;
 
 pub struct AuditLog {
     config: AuditConfig,
+    bodies: BodyPolicy,
     ops: mpsc::Sender<Op>,
     health: Health,
     reader: tokio::sync::OnceCell<store::Store>,
@@ -49,6 +50,7 @@ impl AuditLog {
         }
         Self {
             config: config.clone(),
+            bodies: BodyPolicy::new(&config.redact_keys, config.max_body_bytes),
             ops,
             health,
             reader: tokio::sync::OnceCell::new(),
@@ -143,12 +145,7 @@ impl AuditLog {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        stored_body(
-            body,
-            content_type,
-            &self.config.redact_keys,
-            self.config.max_body_bytes,
-        )
+        self.bodies.store(body, content_type)
     }
 }
 

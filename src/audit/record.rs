@@ -68,32 +68,63 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// The chain hash of this (finalised) record after `prev_hash`: SHA-256 over the previous hash
-    /// and a canonical JSON array of every field but the hashes.
+    /// and a canonical JSON array of every field but the hashes ([`Canonical`]).
     pub fn chain_hash(&self, prev_hash: &str) -> String {
-        let canonical = serde_json::json!([
-            self.id,
-            self.seq,
-            &self.ts,
-            &self.client,
-            &self.role,
-            &self.method,
-            &self.path,
-            &self.query,
-            &self.request_id,
-            &self.trace_id,
-            &self.client_ip,
-            &self.request_body,
-            self.status,
-            self.outcome.as_str(),
-            &self.response_body,
-            self.duration_ms,
-            self.upstream_ms,
-        ])
-        .to_string();
         let mut hasher = Sha256::new();
         hasher.update(prev_hash.as_bytes());
-        hasher.update(canonical.as_bytes());
+        serde_json::to_writer(HashWriter(&mut hasher), &Canonical(self))
+            .expect("hashing never fails to write");
         hex::encode(hasher.finalize())
+    }
+}
+
+/// The canonical form a record's hash covers: a JSON array of its fields in a fixed order (id,
+/// seq, ts, client, role, method, path, query, request_id, trace_id, client_ip, request_body,
+/// status, outcome, response_body, duration_ms, upstream_ms). Written straight into the hasher:
+/// the writer hashes every record of a batch in turn, in the chain's serial path.
+struct Canonical<'a>(&'a AuditRecord);
+
+impl Serialize for Canonical<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let r = self.0;
+        let mut seq = serializer.serialize_seq(Some(17))?;
+        seq.serialize_element(&r.id)?;
+        seq.serialize_element(&r.seq)?;
+        for text in [
+            &r.ts,
+            &r.client,
+            &r.role,
+            &r.method,
+            &r.path,
+            &r.query,
+            &r.request_id,
+            &r.trace_id,
+            &r.client_ip,
+            &r.request_body,
+        ] {
+            seq.serialize_element(text)?;
+        }
+        seq.serialize_element(&r.status)?;
+        seq.serialize_element(r.outcome.as_str())?;
+        seq.serialize_element(&r.response_body)?;
+        seq.serialize_element(&r.duration_ms)?;
+        seq.serialize_element(&r.upstream_ms)?;
+        seq.end()
+    }
+}
+
+/// Feeds what serde_json writes into a running SHA-256.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -109,31 +140,77 @@ pub fn now_ts() -> String {
         .to_string()
 }
 
-/// How a body is kept: JSON with secrets redacted (keys case-insensitive, any depth), anything
-/// else as a short description, and at most `max_bytes` with a marker when cut.
-pub fn stored_body(
-    body: &[u8],
-    content_type: Option<&str>,
-    redact_keys: &[String],
+/// How request and response bodies are kept in a record: JSON with secrets redacted (the keys in
+/// `[audit] redact_keys`, case-insensitive, at any depth), anything else as a short description,
+/// and at most `max_bytes` with a marker when cut.
+pub struct BodyPolicy {
+    redact_keys: Vec<String>,
+    /// The keys in ASCII lower case, to rule them out of a body without parsing it.
+    lowercase_keys: Vec<memchr::memmem::Finder<'static>>,
     max_bytes: usize,
-) -> String {
-    if body.is_empty() {
-        return String::new();
-    }
-    let text = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(mut value) => {
-            let keys: Vec<&str> = redact_keys.iter().map(String::as_str).collect();
-            crate::redact::redact_keys(&mut value, &keys);
-            value.to_string()
+}
+
+impl BodyPolicy {
+    pub fn new(redact_keys: &[String], max_bytes: usize) -> Self {
+        let lowercase_keys = redact_keys
+            .iter()
+            .map(|k| memchr::memmem::Finder::new(k.to_ascii_lowercase().as_bytes()).into_owned())
+            .collect();
+        Self {
+            redact_keys: redact_keys.to_vec(),
+            lowercase_keys,
+            max_bytes,
         }
-        Err(_) => {
-            return format!(
+    }
+
+    /// The body as stored. A JSON body that cannot hold a secret is kept as sent; one where a key
+    /// had to be replaced is re-serialised (compact, keys in order) with "[REDACTED]" values.
+    pub fn store(&self, body: &[u8], content_type: Option<&str>) -> String {
+        if body.is_empty() {
+            return String::new();
+        }
+        let describe = || {
+            format!(
                 "[non-JSON body: {}, {} bytes]",
                 content_type.unwrap_or("no content-type"),
                 body.len()
-            );
+            )
+        };
+        let text = if self.may_name_a_key(body) {
+            match serde_json::from_slice::<serde_json::Value>(body) {
+                Ok(mut value) => {
+                    let keys: Vec<&str> = self.redact_keys.iter().map(String::as_str).collect();
+                    crate::redact::redact_keys(&mut value, &keys);
+                    value.to_string()
+                }
+                Err(_) => return describe(),
+            }
+        } else {
+            match std::str::from_utf8(body) {
+                Ok(text) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+                    text.to_owned()
+                }
+                _ => return describe(),
+            }
+        };
+        truncated(text, self.max_bytes)
+    }
+
+    /// Whether the body may name a key to redact: it contains one of them (ignoring ASCII case)
+    /// anywhere, or an escape (`\u0070assword` is a key named "password" once parsed).
+    fn may_name_a_key(&self, body: &[u8]) -> bool {
+        if memchr::memchr(b'\\', body).is_some() {
+            return true;
         }
-    };
+        let lowercase = body.to_ascii_lowercase();
+        self.lowercase_keys
+            .iter()
+            .any(|key| key.find(&lowercase).is_some())
+    }
+}
+
+/// At most `max_bytes` of `text` (cut at a character boundary), with a marker when cut.
+fn truncated(text: String, max_bytes: usize) -> String {
     if text.len() <= max_bytes {
         return text;
     }
@@ -152,19 +229,18 @@ pub fn stored_body(
 mod tests {
     use super::*;
 
-    fn keys() -> Vec<String> {
-        ["password", "secret", "rootPassword"]
-            .map(String::from)
-            .to_vec()
+    fn policy(max_bytes: usize) -> BodyPolicy {
+        BodyPolicy::new(
+            &["password", "secret", "rootPassword"].map(String::from),
+            max_bytes,
+        )
     }
 
     #[test]
     fn bodies_are_redacted_described_and_truncated() {
-        let stored = stored_body(
+        let stored = policy(1000).store(
             br#"{"user":{"Password":"p","name":"n"},"secret":"s"}"#,
             None,
-            &keys(),
-            1000,
         );
         assert!(
             !stored.contains("\"p\"") && !stored.contains("\"s\""),
@@ -172,16 +248,46 @@ mod tests {
         );
         assert!(stored.contains("[REDACTED]") && stored.contains("\"n\""));
         assert_eq!(
-            stored_body(b"\x00\x01", Some("application/octet-stream"), &keys(), 10),
+            policy(10).store(b"\x00\x01", Some("application/octet-stream")),
             "[non-JSON body: application/octet-stream, 2 bytes]"
         );
         let long = format!("{{\"a\":\"{}\"}}", "x".repeat(100));
-        let cut = stored_body(long.as_bytes(), None, &keys(), 20);
+        let cut = policy(20).store(long.as_bytes(), None);
         assert!(
             cut.starts_with("{\"a\":\"xxxx") && cut.ends_with("[truncated: 108 bytes in all]"),
             "{cut}"
         );
-        assert_eq!(stored_body(b"", None, &keys(), 10), "");
+        assert_eq!(policy(10).store(b"", None), "");
+    }
+
+    #[test]
+    fn a_body_without_secrets_is_kept_as_sent_and_still_checked_as_json() {
+        let sent = br#"{ "displayName": "web-1",  "period": 1 }"#;
+        assert_eq!(policy(1000).store(sent, None), std::str::from_utf8(sent).unwrap());
+        // Looks like JSON at a glance, is not: described, never stored raw.
+        assert_eq!(
+            policy(1000).store(br#"{"displayName": "web-1""#, Some("application/json")),
+            "[non-JSON body: application/json, 23 bytes]"
+        );
+        assert_eq!(
+            policy(1000).store(b"{\"a\":\"\xff\"}", Some("application/json")),
+            "[non-JSON body: application/json, 9 bytes]"
+        );
+    }
+
+    #[test]
+    fn secrets_behind_escapes_or_in_any_case_are_still_redacted() {
+        for body in [
+            r#"{"pass\u0077ord":"hunter2"}"#,
+            r#"{"PASSWORD":"hunter2"}"#,
+            r#"{"a":[{"b":{"RootPassword":"hunter2"}}]}"#,
+        ] {
+            let stored = policy(1000).store(body.as_bytes(), None);
+            assert!(
+                !stored.contains("hunter2") && stored.contains("[REDACTED]"),
+                "{body} -> {stored}"
+            );
+        }
     }
 
     #[test]
@@ -208,6 +314,14 @@ mod tests {
             hash: None,
         };
         let h = record.chain_hash(GENESIS_HASH);
+        // The canonical form is pinned: chains written by earlier versions must still verify.
+        let canonical = serde_json::json!([
+            1, 1, &record.ts, "c", "admin", "POST", "/v1/x", "", "r", "", "127.0.0.1", "{}", 201,
+            "forwarded", "{}", 1.5, 1.0
+        ])
+        .to_string();
+        let expected = hex::encode(Sha256::digest(format!("{GENESIS_HASH}{canonical}")));
+        assert_eq!(h, expected);
         let mut changed = record.clone();
         changed.status = Some(200);
         assert_ne!(h, changed.chain_hash(GENESIS_HASH));
