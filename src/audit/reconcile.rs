@@ -66,7 +66,8 @@ pub async fn reconcile(upstream: &Upstream, store: &Store, since: &str) -> Resul
             let response = upstream
                 .send(&OutgoingCall {
                     method: &Method::GET,
-                    path_and_query: &path,
+                    path_and_query: http::uri::PathAndQuery::try_from(path)
+                        .map_err(|e| format!("{endpoint}: {e}"))?,
                     headers,
                     body: Bytes::new(),
                 })
@@ -79,9 +80,11 @@ pub async fn reconcile(upstream: &Upstream, store: &Store, since: &str) -> Resul
                     .push((endpoint.to_string(), format!("upstream answered {status}")));
                 break;
             }
-            let body: serde_json::Value = response
-                .json()
+            let body = upstream
+                .read_body(response.into_body())
                 .await
+                .map_err(|e| e.to_string())?;
+            let body: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| format!("{endpoint}: the answer is not JSON: {e}"))?;
             for entry in body["data"].as_array().into_iter().flatten() {
                 let text = |key: &str| entry[key].as_str().unwrap_or("").to_string();

@@ -263,7 +263,10 @@ mod tests {
     #[test]
     fn a_body_without_secrets_is_kept_as_sent_and_still_checked_as_json() {
         let sent = br#"{ "displayName": "web-1",  "period": 1 }"#;
-        assert_eq!(policy(1000).store(sent, None), std::str::from_utf8(sent).unwrap());
+        assert_eq!(
+            policy(1000).store(sent, None),
+            std::str::from_utf8(sent).unwrap()
+        );
         // Looks like JSON at a glance, is not: described, never stored raw.
         assert_eq!(
             policy(1000).store(br#"{"displayName": "web-1""#, Some("application/json")),
@@ -316,8 +319,23 @@ mod tests {
         let h = record.chain_hash(GENESIS_HASH);
         // The canonical form is pinned: chains written by earlier versions must still verify.
         let canonical = serde_json::json!([
-            1, 1, &record.ts, "c", "admin", "POST", "/v1/x", "", "r", "", "127.0.0.1", "{}", 201,
-            "forwarded", "{}", 1.5, 1.0
+            1,
+            1,
+            &record.ts,
+            "c",
+            "admin",
+            "POST",
+            "/v1/x",
+            "",
+            "r",
+            "",
+            "127.0.0.1",
+            "{}",
+            201,
+            "forwarded",
+            "{}",
+            1.5,
+            1.0
         ])
         .to_string();
         let expected = hex::encode(Sha256::digest(format!("{GENESIS_HASH}{canonical}")));

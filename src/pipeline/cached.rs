@@ -74,10 +74,7 @@ async fn fetch(
     let status = upstream.status();
     let mut headers = headers::for_caller(upstream.headers());
     headers.remove(header::CONTENT_LENGTH);
-    let body = upstream
-        .bytes()
-        .await
-        .map_err(|e| gw.upstream.transport_error(&e))?;
+    let body = gw.upstream.read_body(upstream.into_body()).await?;
     let non_admin_body = match call.route.filter(|r| r.carries_secrets()) {
         None => NonAdminBody::Same,
         Some(route) => match redacted(&headers, &body, route) {

@@ -20,7 +20,7 @@ use crate::ratelimit;
 use crate::redact;
 use crate::request_id;
 use crate::routes::{CacheGroup, Operation};
-use crate::upstream::{OutgoingCall, headers};
+use crate::upstream::{OutgoingCall, UpstreamResponse, headers};
 
 /// Sends the call upstream with the gateway's token and the call's request id, once the upstream
 /// budget pays for it. After an upstream 429 every upstream call pauses; an idempotent read is
@@ -30,7 +30,7 @@ pub async fn forward(
     call: &CallContext,
     parts: &Parts,
     body: Bytes,
-) -> Result<reqwest::Response, GatewayError> {
+) -> Result<UpstreamResponse, GatewayError> {
     let budget = gw.limits.budget();
     let mut retried = false;
     loop {
@@ -63,7 +63,7 @@ async fn send(
     call: &CallContext,
     parts: &Parts,
     body: Bytes,
-) -> Result<reqwest::Response, GatewayError> {
+) -> Result<UpstreamResponse, GatewayError> {
     let mut headers = headers::for_upstream(&parts.headers);
     headers.insert(request_id::HEADER, call.request_id.header_value());
     if call.route.is_some_and(Operation::needs_readable_body) {
@@ -73,7 +73,8 @@ async fn send(
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map_or(parts.uri.path(), |pq| pq.as_str());
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let started = Instant::now();
     let response = gw
         .upstream
@@ -100,7 +101,7 @@ pub async fn respond(
     gw: &Gateway,
     call: &CallContext,
     parts: &Parts,
-    upstream: reqwest::Response,
+    upstream: UpstreamResponse,
     capture: bool,
 ) -> Result<(Response, Option<Bytes>), GatewayError> {
     let status = upstream.status();
@@ -114,15 +115,12 @@ pub async fn respond(
     headers.insert(request_id::HEADER, call.request_id.header_value());
     let secret_route = call.route.filter(|r| r.carries_secrets());
     if secret_route.is_none() && !capture {
-        let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
+        let mut response = Response::new(gw.upstream.stream_body(upstream.into_body()));
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         return Ok((response, None));
     }
-    let bytes = upstream
-        .bytes()
-        .await
-        .map_err(|e| gw.upstream.transport_error(&e))?;
+    let bytes = gw.upstream.read_body(upstream.into_body()).await?;
     let body = match secret_route {
         None => Body::from(bytes.clone()),
         Some(route) => {

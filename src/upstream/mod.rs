@@ -1,5 +1,9 @@
-//! The way to Contabo: one pooled keep-alive HTTP client, the token manager, and the forwarding
-//! of one call (with the single retry after an upstream 401).
+//! The way to Contabo: a pooled keep-alive HTTP client per worker runtime, the token manager, and
+//! the forwarding of one call (with the single retry after an upstream 401).
+//!
+//! Calls go out through hyper's pooled client with an `http::Uri` assembled from the configured
+//! base and the caller's already-parsed path and query: no URL is parsed per call (a general
+//! client such as reqwest parses every URL it is given, host and IDNA included).
 
 pub mod headers;
 pub mod token;
@@ -7,19 +11,30 @@ pub mod token;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Credentials, UpstreamConfig};
 use crate::error::GatewayError;
-use token::{TokenManager, describe_transport_error};
+use token::TokenManager;
 
 /// A call ready to go upstream: headers already cleaned and tagged with the request id.
 pub struct OutgoingCall<'a> {
     pub method: &'a Method,
-    pub path_and_query: &'a str,
+    pub path_and_query: PathAndQuery,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
+
+/// Upstream's answer: status and headers read, the body still to come.
+pub type UpstreamResponse = http::Response<Incoming>;
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 std::thread_local! {
     /// Which worker runtime this thread serves (0 outside the multi-worker server).
@@ -34,10 +49,67 @@ pub fn set_worker_index(index: usize) {
 pub struct Upstream {
     /// One pooled keep-alive client per worker runtime: a connection is driven by the runtime
     /// that opened it, so each worker keeps to its own and never wakes another.
-    clients: Vec<reqwest::Client>,
-    api_base: String,
+    clients: Vec<HttpClient>,
+    base: ApiBase,
+    /// How long upstream may take to answer (status and headers), to deliver a body read whole,
+    /// and between two pieces of a streamed body.
     timeout: Duration,
     pub tokens: TokenManager,
+}
+
+/// `upstream.api_url` taken apart once: every call's URI is built from these pieces.
+struct ApiBase {
+    scheme: Scheme,
+    authority: Authority,
+    /// A path the API lives under (`https://host/prefix`), without its trailing slash; usually "".
+    prefix: String,
+}
+
+impl ApiBase {
+    fn parse(api_url: &str) -> Result<Self, String> {
+        let invalid = |why: String| format!("upstream.api_url {api_url:?} is not usable: {why}");
+        let uri: Uri = api_url.parse().map_err(|e| invalid(format!("{e}")))?;
+        let parts = uri.into_parts();
+        let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
+            return Err(invalid(
+                "it needs a scheme and a host, as in https://api.contabo.com".into(),
+            ));
+        };
+        let prefix = parts
+            .path_and_query
+            .map(|pq| pq.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
+        Ok(Self {
+            scheme,
+            authority,
+            prefix,
+        })
+    }
+
+    fn uri(&self, path_and_query: &PathAndQuery) -> Result<Uri, GatewayError> {
+        let path_and_query = if self.prefix.is_empty() {
+            path_and_query.clone()
+        } else {
+            PathAndQuery::try_from(format!("{}{path_and_query}", self.prefix))
+                .map_err(|e| GatewayError::Internal(format!("upstream path: {e}")))?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| GatewayError::Internal(format!("upstream URI: {e}")))
+    }
+
+    /// Where upstream is, for error messages: scheme, host and port, never credentials or query.
+    fn describe(&self) -> String {
+        let port = self
+            .authority
+            .port_u16()
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        format!("{}://{}{port}", self.scheme, self.authority.host())
+    }
 }
 
 impl Upstream {
@@ -47,38 +119,35 @@ impl Upstream {
         workers: usize,
     ) -> Result<Self, String> {
         let timeout = Duration::from_secs(config.timeout_secs);
-        let build = || {
-            reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(Duration::from_secs(config.connect_timeout_secs))
-                .pool_idle_timeout(Duration::from_secs(60))
-                .tcp_nodelay(true)
-                .redirect(reqwest::redirect::Policy::none())
-                .no_proxy()
-                .build()
-                .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))
-        };
+        let connect_timeout = Duration::from_secs(config.connect_timeout_secs);
         let clients = (0..workers.max(1))
-            .map(|_| build())
+            .map(|_| http_client(connect_timeout))
             .collect::<Result<_, _>>()?;
+        let token_client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("cannot build the token endpoint's HTTP client: {e}"))?;
         let auth_url = reqwest::Url::parse(&config.auth_url)
             .map_err(|e| format!("upstream.auth_url is not a URL: {e}"))?;
         Ok(Self {
-            tokens: TokenManager::new(build()?, auth_url, credentials),
+            tokens: TokenManager::new(token_client, auth_url, credentials),
             clients,
-            api_base: config.api_url.trim_end_matches('/').to_string(),
+            base: ApiBase::parse(&config.api_url)?,
             timeout,
         })
     }
 
     /// This worker's client.
-    fn http(&self) -> &reqwest::Client {
+    fn http(&self) -> &HttpClient {
         &self.clients[WORKER.with(|w| w.get()) % self.clients.len()]
     }
 
     /// Sends the call with the gateway's bearer token. On an upstream 401 the token is dropped, a new
     /// one obtained, and the call retried once with the same request id.
-    pub async fn send(&self, call: &OutgoingCall<'_>) -> Result<reqwest::Response, GatewayError> {
+    pub async fn send(&self, call: &OutgoingCall<'_>) -> Result<UpstreamResponse, GatewayError> {
         let bearer = self.tokens.bearer().await?;
         let response = self.send_once(call, &bearer).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -95,25 +164,66 @@ impl Upstream {
         &self,
         call: &OutgoingCall<'_>,
         bearer: &HeaderValue,
-    ) -> Result<reqwest::Response, GatewayError> {
-        let mut headers = call.headers.clone();
-        headers.insert(http::header::AUTHORIZATION, bearer.clone());
-        let url = format!("{}{}", self.api_base, call.path_and_query);
-        self.http()
-            .request(call.method.clone(), url)
-            .headers(headers)
-            .body(call.body.clone())
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e))
-    }
-
-    /// Maps a failed exchange with upstream to 504 (too slow) or 502 (unreachable).
-    pub fn transport_error(&self, e: &reqwest::Error) -> GatewayError {
-        if e.is_timeout() {
-            GatewayError::UpstreamTimeout(self.timeout.as_secs())
-        } else {
-            GatewayError::UpstreamUnreachable(describe_transport_error(e))
+    ) -> Result<UpstreamResponse, GatewayError> {
+        let mut request = http::Request::new(Full::new(call.body.clone()));
+        *request.method_mut() = call.method.clone();
+        *request.uri_mut() = self.base.uri(&call.path_and_query)?;
+        *request.headers_mut() = call.headers.clone();
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, bearer.clone());
+        match tokio::time::timeout(self.timeout, self.http().request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(self.transport_error(&error)),
+            Err(_) => Err(GatewayError::UpstreamTimeout(self.timeout.as_secs())),
         }
     }
+
+    /// Reads an answer's body whole, within the upstream timeout.
+    pub async fn read_body(&self, body: Incoming) -> Result<Bytes, GatewayError> {
+        match tokio::time::timeout(self.timeout, body.collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(error)) => Err(GatewayError::UpstreamUnreachable(format!(
+                "the answer broke off ({}): {error}",
+                self.base.describe()
+            ))),
+            Err(_) => Err(GatewayError::UpstreamTimeout(self.timeout.as_secs())),
+        }
+    }
+
+    /// An answer's body passed on as it arrives; it is cut off when upstream stalls longer than
+    /// the upstream timeout between two pieces.
+    pub fn stream_body(&self, body: Incoming) -> axum::body::Body {
+        axum::body::Body::new(tower_http::timeout::TimeoutBody::new(self.timeout, body))
+    }
+
+    /// Maps a failed exchange with upstream to 502 (unreachable), in words that carry neither the
+    /// query nor anything the request carried.
+    fn transport_error(&self, error: &hyper_util::client::legacy::Error) -> GatewayError {
+        let what = if error.is_connect() {
+            "connection failed"
+        } else {
+            "request failed"
+        };
+        GatewayError::UpstreamUnreachable(format!("{what} ({})", self.base.describe()))
+    }
+}
+
+/// A keep-alive client for http:// and https:// (rustls with the platform's verifier, HTTP/2 when
+/// the server offers it), Nagle off.
+fn http_client(connect_timeout: Duration) -> Result<HttpClient, String> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .try_with_platform_verifier()
+        .map_err(|e| format!("cannot set up TLS for upstream: {e}"))?
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_timer(TokioTimer::new())
+        .build(connector))
 }
