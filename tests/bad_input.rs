@@ -162,6 +162,73 @@ async fn a_slow_upstream_gets_504_within_the_timeout() {
     );
 }
 
+/// An upstream that answers status and headers, sends the start of the body, then stalls.
+async fn upstream_stalling_mid_body() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                          content-length: 100\r\n\r\n{\"data\":[",
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn an_upstream_stalling_mid_body_is_cut_off_after_the_timeout() {
+    let stalling = upstream_stalling_mid_body().await;
+    let gw = start_with(SandboxOptions::default(), |c| {
+        c.upstream.api_url = stalling;
+        c.upstream.timeout_secs = 1;
+    })
+    .await;
+    let started = Instant::now();
+    // Streamed to the caller: the status went out, the body breaks off.
+    let response = gw
+        .get("/v1/compute/instances", &gw.keys.readonly)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.bytes().await.is_err(),
+        "the body must not complete"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Read whole (the caller's answer is cached): a 504 in JSON.
+    let started = Instant::now();
+    let response = gw
+        .get(
+            "/v1/users/6cdf5968-f9fe-4192-97c2-f349e813c5e8",
+            &gw.keys.readonly,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    assert_eq!(json(response).await["error"], "upstream_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn a_caller_that_disconnects_leaves_no_call_in_flight() {
     let gw = start().await;
