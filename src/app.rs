@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use futures_util::future::Either;
 use http::Method;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -102,6 +103,22 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             admin::panic_response,
         ))
         .with_state(gateway)
+}
+
+/// A Contabo call straight from the connection to the pipeline: the router's matching and layers
+/// are for the gateway's own endpoints, and every call would pay for them. A panic is answered as
+/// the router's `CatchPanicLayer` answers it.
+async fn serve_contabo_call(
+    gateway: Arc<Gateway>,
+    request: axum::extract::Request,
+) -> Result<axum::response::Response, std::convert::Infallible> {
+    use futures_util::FutureExt;
+    let call =
+        std::panic::AssertUnwindSafe(pipeline::handle(axum::extract::State(gateway), request));
+    Ok(call
+        .catch_unwind()
+        .await
+        .unwrap_or_else(admin::panic_response))
 }
 
 /// Serves on one listener in the current runtime until `shutdown` resolves, then stops accepting
@@ -207,7 +224,7 @@ async fn accept_loop(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let drain_timeout = Duration::from_secs(gateway.config.server.shutdown_timeout_secs);
-    let router = router(gateway);
+    let router = router(gateway.clone());
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -227,12 +244,18 @@ async fn accept_loop(
         // Answers are written in pieces (head, body chunks): do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let gateway = gateway.clone();
         let service =
             hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
                 if ![Method::GET, Method::HEAD].contains(request.method()) {
                     request.extensions_mut().insert(ClientAddr(peer));
                 }
-                router.clone().oneshot(request.map(axum::body::Body::new))
+                let request = request.map(axum::body::Body::new);
+                if pipeline::is_contabo_call(request.uri().path()) {
+                    Either::Left(serve_contabo_call(gateway.clone(), request))
+                } else {
+                    Either::Right(router.clone().oneshot(request))
+                }
             });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -49,10 +49,14 @@ pub struct CallContext {
     pub started: Instant,
 }
 
+/// Whether a path is a Contabo call (/v1 and /v1/**), served by the pipeline.
+pub fn is_contabo_call(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
 /// Everything the router does not serve itself: /v1 and /v1/** go through the pipeline.
 pub async fn dispatch(state: State<Arc<Gateway>>, request: Request) -> Response {
-    let path = request.uri().path();
-    if path == "/v1" || path.starts_with("/v1/") {
+    if is_contabo_call(request.uri().path()) {
         handle(state, request).await
     } else {
         not_found(request).await
