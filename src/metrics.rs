@@ -6,11 +6,12 @@
 //! counts) are read at scrape time. Names follow Prometheus conventions: units in the name,
 //! `_total` for counters.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::Method;
-use metrics::{Label, counter, gauge, histogram};
+use metrics::{Counter, Histogram, Label, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::app::Gateway;
@@ -75,25 +76,70 @@ pub fn call_finished(
     client: &Arc<str>,
     took: Duration,
 ) {
-    let labels = [
-        Label::from_static_parts("route", route),
-        Label::from_static_parts("method", method_label(method)),
-        Label::from_static_parts("status", status_label(status)),
-        Label::new("client", client.clone()),
-    ];
-    counter!("gateway_calls_total", labels.iter()).increment(1);
-    histogram!("gateway_call_duration_seconds", labels.iter()).record(took.as_secs_f64());
+    let method = method_label(method);
+    // The client's name is told apart by its allocation; the entry keeps that allocation alive,
+    // so its address is never reused for another name while the entry exists.
+    let key = (
+        route,
+        method,
+        status,
+        Arc::as_ptr(client).cast::<u8>() as usize,
+    );
+    CALL_HANDLES.with_borrow_mut(|handles| {
+        let (calls, durations, _) = handles.entry(key).or_insert_with(|| {
+            let labels = [
+                Label::from_static_parts("route", route),
+                Label::from_static_parts("method", method),
+                Label::from_static_parts("status", status_label(status)),
+                Label::new("client", client.clone()),
+            ];
+            (
+                counter!("gateway_calls_total", labels.iter()),
+                histogram!("gateway_call_duration_seconds", labels.iter()),
+                client.clone(),
+            )
+        });
+        calls.increment(1);
+        durations.record(took.as_secs_f64());
+    });
 }
 
 /// One exchange with Contabo's API (the 401 retry counts as a second one).
 pub fn upstream_answered(route: &'static str, method: &Method, status: u16, took: Duration) {
-    let labels = [
-        Label::from_static_parts("route", route),
-        Label::from_static_parts("method", method_label(method)),
-        Label::from_static_parts("status", status_label(status)),
-    ];
-    counter!("gateway_upstream_requests_total", labels.iter()).increment(1);
-    histogram!("gateway_upstream_duration_seconds", labels.iter()).record(took.as_secs_f64());
+    let method = method_label(method);
+    UPSTREAM_HANDLES.with_borrow_mut(|handles| {
+        let (requests, durations) = handles.entry((route, method, status)).or_insert_with(|| {
+            let labels = [
+                Label::from_static_parts("route", route),
+                Label::from_static_parts("method", method),
+                Label::from_static_parts("status", status_label(status)),
+            ];
+            (
+                counter!("gateway_upstream_requests_total", labels.iter()),
+                histogram!("gateway_upstream_duration_seconds", labels.iter()),
+            )
+        });
+        requests.increment(1);
+        durations.record(took.as_secs_f64());
+    });
+}
+
+/// Route, method, status and the client name's address.
+type CallKey = (&'static str, &'static str, u16, usize);
+/// The counter and histogram of one label set, and the client name they were registered for.
+type CallHandles = (Counter, Histogram, Arc<str>);
+/// Route, method and status.
+type UpstreamKey = (&'static str, &'static str, u16);
+
+thread_local! {
+    /// The per-call metrics' handles, registered once per label set on each thread: looking them
+    /// up in the recorder's registry on every call (building and hashing the key) cost more than
+    /// recording. As many entries as the label sets the exported series already have; the
+    /// recorder is built without an idle timeout, so a series behind a kept handle is never dropped.
+    static CALL_HANDLES: std::cell::RefCell<HashMap<CallKey, CallHandles>> =
+        std::cell::RefCell::new(HashMap::new());
+    static UPSTREAM_HANDLES: std::cell::RefCell<HashMap<UpstreamKey, (Counter, Histogram)>> =
+        std::cell::RefCell::new(HashMap::new());
 }
 
 /// A team over its own limit got 429.
