@@ -162,6 +162,66 @@ async fn a_slow_upstream_gets_504_within_the_timeout() {
     );
 }
 
+/// A TLS upstream on loopback whose certificate (tests/fixtures, self-signed for 127.0.0.1) no trust
+/// store holds. Returns its URL and how the first handshake ended.
+async fn upstream_with_untrusted_certificate() -> (String, tokio::sync::oneshot::Receiver<String>) {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let fixture = |name: &str| format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let certificate = CertificateDer::from_pem_file(fixture("untrusted-upstream.crt")).unwrap();
+    let key = PrivateKeyDer::from_pem_file(fixture("untrusted-upstream.key")).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![certificate], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let (ended, handshake) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let outcome = match acceptor.accept(socket).await {
+            Ok(_) => "completed".to_string(),
+            Err(error) => error.to_string(),
+        };
+        let _ = ended.send(outcome);
+    });
+    (url, handshake)
+}
+
+#[tokio::test]
+async fn an_upstream_whose_certificate_is_not_trusted_is_refused() {
+    let (untrusted, handshake) = upstream_with_untrusted_certificate().await;
+    let gw = start_with(SandboxOptions::default(), |c| {
+        c.upstream.api_url = untrusted.clone()
+    })
+    .await;
+    let response = gw
+        .get("/v1/compute/instances", &gw.keys.readonly)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body = json(response).await;
+    assert_eq!(body["error"], "upstream_unreachable");
+    assert!(
+        body["message"].as_str().unwrap().contains(&untrusted),
+        "{body}"
+    );
+    // The gateway spoke TLS and rejected the certificate: the handshake ended with its alert, and
+    // no request (with the bearer token) was ever sent.
+    let handshake = tokio::time::timeout(Duration::from_secs(5), handshake)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        ["UnknownCA", "CertificateUnknown", "BadCertificate"]
+            .iter()
+            .any(|alert| handshake == format!("received fatal alert: {alert}")),
+        "{handshake}"
+    );
+}
+
 /// An upstream that answers status and headers, sends the start of the body, then stalls.
 async fn upstream_stalling_mid_body() -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
