@@ -1,11 +1,12 @@
-//! The way to Contabo: a pooled keep-alive HTTP client per worker runtime, the token manager, and
-//! the forwarding of one call (with the single retry after an upstream 401).
+//! The way to Contabo: a pool of keep-alive HTTP/1.1 connections per worker runtime, the token
+//! manager, and the forwarding of one call (with the single retry after an upstream 401).
 //!
-//! Calls go out through hyper's pooled client with an `http::Uri` assembled from the configured
-//! base and the caller's already-parsed path and query: no URL is parsed per call (a general
+//! A request goes out in origin form (the caller's already-parsed path and query, behind the
+//! configured base path) with the Host of `upstream.api_url`: no URL is parsed per call (a general
 //! client such as reqwest parses every URL it is given, host and IDNA included).
 
 pub mod headers;
+mod pool;
 pub mod token;
 
 use std::time::Duration;
@@ -15,9 +16,8 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pool::{ConnectionPool, PoolError};
 
 use crate::config::{Credentials, UpstreamConfig};
 use crate::error::GatewayError;
@@ -34,8 +34,6 @@ pub struct OutgoingCall<'a> {
 /// Upstream's answer: status and headers read, the body still to come.
 pub type UpstreamResponse = http::Response<Incoming>;
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 std::thread_local! {
     /// Which worker runtime this thread serves (0 outside the multi-worker server).
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -46,10 +44,13 @@ pub fn set_worker_index(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
+/// How long an idle upstream connection is kept for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct Upstream {
-    /// One pooled keep-alive client per worker runtime: a connection is driven by the runtime
-    /// that opened it, so each worker keeps to its own and never wakes another.
-    clients: Vec<HttpClient>,
+    /// One connection pool per worker runtime: a connection is driven by the runtime that opened
+    /// it, so each worker keeps to its own and never wakes another.
+    pools: Vec<ConnectionPool>,
     base: ApiBase,
     /// How long upstream may take to answer (status and headers), to deliver a body read whole,
     /// and between two pieces of a streamed body.
@@ -61,6 +62,8 @@ pub struct Upstream {
 struct ApiBase {
     scheme: Scheme,
     authority: Authority,
+    /// The Host header of every call: the authority as written (port included when given).
+    host: HeaderValue,
     /// A path the API lives under (`https://host/prefix`), without its trailing slash; usually "".
     prefix: String,
 }
@@ -75,30 +78,45 @@ impl ApiBase {
                 "it needs a scheme and a host, as in https://api.contabo.com".into(),
             ));
         };
+        if authority.as_str().contains('@') {
+            return Err(invalid(
+                "credentials in the URL are not supported; the gateway sends its own token".into(),
+            ));
+        }
         let prefix = parts
             .path_and_query
             .map(|pq| pq.path().trim_end_matches('/').to_string())
             .unwrap_or_default();
+        let host =
+            HeaderValue::from_str(authority.as_str()).map_err(|e| invalid(format!("{e}")))?;
         Ok(Self {
             scheme,
             authority,
+            host,
             prefix,
         })
     }
 
-    fn uri(&self, path_and_query: &PathAndQuery) -> Result<Uri, GatewayError> {
+    /// Where connections go: scheme and authority only.
+    fn origin(&self) -> Uri {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("scheme and authority were parsed from a URI")
+    }
+
+    /// The request target of a call, in origin form: the base path, then the caller's path and
+    /// query.
+    fn target(&self, path_and_query: &PathAndQuery) -> Result<Uri, GatewayError> {
         let path_and_query = if self.prefix.is_empty() {
             path_and_query.clone()
         } else {
             PathAndQuery::try_from(format!("{}{path_and_query}", self.prefix))
                 .map_err(|e| GatewayError::Internal(format!("upstream path: {e}")))?
         };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|e| GatewayError::Internal(format!("upstream URI: {e}")))
+        Ok(Uri::from(path_and_query))
     }
 
     /// Where upstream is, for error messages: scheme, host and port, never credentials or query.
@@ -120,9 +138,11 @@ impl Upstream {
     ) -> Result<Self, String> {
         let timeout = Duration::from_secs(config.timeout_secs);
         let connect_timeout = Duration::from_secs(config.connect_timeout_secs);
-        let clients = (0..workers.max(1))
-            .map(|_| http_client(connect_timeout))
-            .collect::<Result<_, _>>()?;
+        let base = ApiBase::parse(&config.api_url)?;
+        let connector = https_connector(connect_timeout)?;
+        let pools = (0..workers.max(1))
+            .map(|_| ConnectionPool::new(connector.clone(), base.origin(), IDLE_TIMEOUT))
+            .collect();
         let token_client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(connect_timeout)
@@ -134,15 +154,15 @@ impl Upstream {
             .map_err(|e| format!("upstream.auth_url is not a URL: {e}"))?;
         Ok(Self {
             tokens: TokenManager::new(token_client, auth_url, credentials),
-            clients,
-            base: ApiBase::parse(&config.api_url)?,
+            pools,
+            base,
             timeout,
         })
     }
 
-    /// This worker's client.
-    fn http(&self) -> &HttpClient {
-        &self.clients[WORKER.with(|w| w.get()) % self.clients.len()]
+    /// This worker's connection pool.
+    fn pool(&self) -> &ConnectionPool {
+        &self.pools[WORKER.with(|w| w.get()) % self.pools.len()]
     }
 
     /// Sends the call with the gateway's bearer token. On an upstream 401 the token is dropped, a new
@@ -167,12 +187,12 @@ impl Upstream {
     ) -> Result<UpstreamResponse, GatewayError> {
         let mut request = http::Request::new(Full::new(call.body.clone()));
         *request.method_mut() = call.method.clone();
-        *request.uri_mut() = self.base.uri(&call.path_and_query)?;
+        *request.uri_mut() = self.base.target(&call.path_and_query)?;
         *request.headers_mut() = call.headers.clone();
-        request
-            .headers_mut()
-            .insert(http::header::AUTHORIZATION, bearer.clone());
-        match tokio::time::timeout(self.timeout, self.http().request(request)).await {
+        let headers = request.headers_mut();
+        headers.insert(http::header::HOST, self.base.host.clone());
+        headers.insert(http::header::AUTHORIZATION, bearer.clone());
+        match tokio::time::timeout(self.timeout, self.pool().send(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(self.transport_error(&error)),
             Err(_) => Err(GatewayError::UpstreamTimeout(self.timeout.as_secs())),
@@ -199,31 +219,31 @@ impl Upstream {
 
     /// Maps a failed exchange with upstream to 502 (unreachable), in words that carry neither the
     /// query nor anything the request carried.
-    fn transport_error(&self, error: &hyper_util::client::legacy::Error) -> GatewayError {
-        let what = if error.is_connect() {
-            "connection failed"
-        } else {
-            "request failed"
+    fn transport_error(&self, error: &PoolError) -> GatewayError {
+        let what = match error {
+            PoolError::Connect => "connection failed",
+            PoolError::Request(cause) => {
+                tracing::debug!(%cause, "upstream request failed");
+                "request failed"
+            }
         };
         GatewayError::UpstreamUnreachable(format!("{what} ({})", self.base.describe()))
     }
 }
 
-/// A keep-alive client for http:// and https:// (rustls with the platform's verifier, HTTP/2 when
-/// the server offers it), Nagle off.
-fn http_client(connect_timeout: Duration) -> Result<HttpClient, String> {
+/// Opens connections for http:// and https:// (rustls with the platform's verifier, HTTP/1.1),
+/// Nagle off.
+fn https_connector(
+    connect_timeout: Duration,
+) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect_timeout));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .try_with_platform_verifier()
         .map_err(|e| format!("cannot set up TLS for upstream: {e}"))?
         .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_timer(TokioTimer::new())
-        .build(connector))
+        .enable_http1()
+        .wrap_connector(http))
 }
