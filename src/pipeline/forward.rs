@@ -108,7 +108,7 @@ pub async fn respond(
     if status.is_success() {
         let groups = invalidated_groups(call.route, &parts.method, parts.uri.path());
         if !groups.is_empty() {
-            gw.cache.invalidate(groups).await;
+            Box::pin(gw.cache.invalidate(groups)).await;
         }
     }
     let mut headers = headers::for_caller(upstream.headers());
@@ -120,7 +120,7 @@ pub async fn respond(
         *response.headers_mut() = headers;
         return Ok((response, None));
     }
-    let bytes = gw.upstream.read_body(upstream.into_body()).await?;
+    let bytes = Box::pin(gw.upstream.read_body(upstream.into_body())).await?;
     let body = match secret_route {
         None => Body::from(bytes.clone()),
         Some(route) => {

@@ -10,6 +10,11 @@
 //!
 //! The facts every stage needs (request id, client, route class) are gathered once in a
 //! [`CallContext`].
+//!
+//! Stages that most calls skip and whose futures are large (the cache stage, the audit trail; in
+//! other modules token renewal, Redis, opening an upstream connection) are awaited boxed: an
+//! async fn's future is as large as everything it may await, and the whole call's future is
+//! moved as it is set up. Boxed, the call's future shrank from 20 KB to about 6 KB.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -136,7 +141,7 @@ async fn run(
         Ok(admitted) => admitted,
         Err(refusal) => {
             if let Some(trail) = trail {
-                trail.failed(&refusal, true).await;
+                Box::pin(trail.failed(&refusal, true)).await;
             }
             return Err(refusal);
         }
@@ -161,10 +166,10 @@ async fn proceed(
         .and_then(|r| r.cached_as)
         .filter(|_| parts.method == Method::GET);
     if let (Some(group), true) = (cacheable, gw.cache.enabled()) {
-        return cached::read(gw, call, &parts, group).await;
+        return Box::pin(cached::read(gw, call, &parts, group)).await;
     }
     if let Some(trail) = &mut trail {
-        trail.begin(&body, &parts.headers).await?;
+        Box::pin(trail.begin(&body, &parts.headers)).await?;
     }
     let forwarded = match forward(gw, call, &parts, body).await {
         Ok(upstream) => respond(gw, call, &parts, upstream, trail.is_some()).await,
@@ -173,9 +178,7 @@ async fn proceed(
     match (forwarded, trail) {
         (Ok((response, captured)), Some(trail)) => {
             let body = captured.unwrap_or_default();
-            trail
-                .forwarded(response.status().as_u16(), &body, response.headers())
-                .await;
+            Box::pin(trail.forwarded(response.status().as_u16(), &body, response.headers())).await;
             Ok(response)
         }
         (Ok((response, _)), None) => Ok(match cacheable {
@@ -183,7 +186,7 @@ async fn proceed(
             None => response,
         }),
         (Err(error), Some(trail)) => {
-            trail.failed(&error, false).await;
+            Box::pin(trail.failed(&error, false)).await;
             Err(error)
         }
         (Err(error), None) => Err(error),

@@ -156,7 +156,8 @@ impl UpstreamBudget {
     /// Takes tokens from Redis when it answers, else from the local bucket.
     async fn take(&self, cost: u32) -> Decision {
         if let Some(shared) = &self.shared
-            && let Some(decision) = shared.take_upstream(&self.lease, self.policy, cost).await
+            && let Some(decision) =
+                Box::pin(shared.take_upstream(&self.lease, self.policy, cost)).await
         {
             return decision;
         }

@@ -186,9 +186,13 @@ impl RateLimits {
         let policy = client.limit.policy_configured;
         let shared = match &self.shared {
             Some(shared) => {
-                shared
-                    .take_team(&client.limit.redis_key, &client.limit.lease, policy, cost)
-                    .await
+                Box::pin(shared.take_team(
+                    &client.limit.redis_key,
+                    &client.limit.lease,
+                    policy,
+                    cost,
+                ))
+                .await
             }
             None => None,
         };

@@ -80,7 +80,7 @@ impl ConnectionPool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        let mut sender = Box::pin(self.connect()).await?;
         let response = sender
             .send_request(request)
             .await

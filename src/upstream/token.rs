@@ -137,7 +137,7 @@ impl TokenManager {
                 if let Some((fresh, false)) = self.current(Instant::now()) {
                     return Ok(fresh);
                 }
-                return Ok(self.renew().await.unwrap_or(header));
+                return Ok(Box::pin(self.renew()).await.unwrap_or(header));
             }
             None => {}
         }
@@ -146,7 +146,7 @@ impl TokenManager {
             return Ok(header);
         }
         self.refuse_during_backoff()?;
-        self.renew().await
+        Box::pin(self.renew()).await
     }
 
     /// Upstream refused `rejected` (401): forget it so the next `bearer()` obtains a new one.
