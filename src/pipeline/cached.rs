@@ -72,9 +72,10 @@ async fn fetch(
 ) -> Result<CachedResponse, GatewayError> {
     let upstream = forward(gw, call, parts, Bytes::new()).await?;
     let status = upstream.status();
-    let mut headers = headers::for_caller(upstream.headers());
+    let (head, body) = upstream.into_parts();
+    let mut headers = headers::for_caller(head.headers);
     headers.remove(header::CONTENT_LENGTH);
-    let body = gw.upstream.read_body(upstream.into_body()).await?;
+    let body = gw.upstream.read_body(body).await?;
     let non_admin_body = match call.route.filter(|r| r.carries_secrets()) {
         None => NonAdminBody::Same,
         Some(route) => match redacted(&headers, &body, route) {

@@ -111,16 +111,17 @@ pub async fn respond(
             Box::pin(gw.cache.invalidate(groups)).await;
         }
     }
-    let mut headers = headers::for_caller(upstream.headers());
+    let (head, body) = upstream.into_parts();
+    let mut headers = headers::for_caller(head.headers);
     headers.insert(request_id::HEADER, call.request_id.header_value());
     let secret_route = call.route.filter(|r| r.carries_secrets());
     if secret_route.is_none() && !capture {
-        let mut response = Response::new(gw.upstream.stream_body(upstream.into_body()));
+        let mut response = Response::new(gw.upstream.stream_body(body));
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         return Ok((response, None));
     }
-    let bytes = Box::pin(gw.upstream.read_body(upstream.into_body())).await?;
+    let bytes = Box::pin(gw.upstream.read_body(body)).await?;
     let body = match secret_route {
         None => Body::from(bytes.clone()),
         Some(route) => {

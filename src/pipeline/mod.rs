@@ -87,7 +87,7 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Respons
         let started = Instant::now();
         let method = request.method().clone();
         let mut labels = CallLabels::default();
-        let response = match run(&gw, request, request_id.clone(), &mut labels).await {
+        let response = match run(&gw, request, request_id.clone(), started, &mut labels).await {
             Ok(response) => response,
             Err(error) => error.into_response_with(&request_id),
         };
@@ -119,6 +119,7 @@ async fn run(
     gw: &Gateway,
     request: Request,
     request_id: RequestId,
+    started: Instant,
     labels: &mut CallLabels,
 ) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
@@ -134,7 +135,7 @@ async fn run(
         client,
         route,
         cost: gw.limits.cost(route),
-        started: Instant::now(),
+        started,
     };
     let trail = gw.audit.trail(&call, &parts);
     let (body, quota) = match admit(gw, &call, &parts, body).await {

@@ -32,15 +32,21 @@ pub fn policy_value(policy: Policy) -> HeaderValue {
         .expect("digits and quotes are a valid header value")
 }
 
-/// The team's quota policy and what is left of it after this call.
+/// The team's quota policy and what is left of it after this call. The `ratelimit` value is
+/// written digit by digit into one buffer: it is made for every call.
 pub fn apply(headers: &mut HeaderMap, policy: &HeaderValue, decision: &Decision) {
-    let state = format!(
-        "\"team\";r={};t={}",
-        decision.remaining,
-        whole_seconds(decision.reset_after)
+    let mut digits = itoa::Buffer::new();
+    let mut state = bytes::BytesMut::with_capacity(32);
+    state.extend_from_slice(b"\"team\";r=");
+    state.extend_from_slice(digits.format(decision.remaining).as_bytes());
+    state.extend_from_slice(b";t=");
+    state.extend_from_slice(
+        digits
+            .format(whole_seconds(decision.reset_after))
+            .as_bytes(),
     );
     headers.insert(RATELIMIT_POLICY, policy.clone());
-    if let Ok(state) = HeaderValue::from_str(&state) {
+    if let Ok(state) = HeaderValue::from_maybe_shared(state.freeze()) {
         headers.insert(RATELIMIT, state);
     }
 }

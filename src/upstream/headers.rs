@@ -54,16 +54,28 @@ pub fn for_upstream(caller: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Upstream's response headers as they go back to the caller: end-to-end headers only.
-pub fn for_caller(upstream: &HeaderMap) -> HeaderMap {
-    let named = named_by_connection(upstream);
-    let mut out = HeaderMap::with_capacity(upstream.len());
-    for (name, value) in upstream {
-        if !is_hop_by_hop(name, &named) {
-            out.append(name.clone(), value.clone());
+/// Upstream's response headers made fit for the caller, in place: end-to-end headers only. The
+/// answer's own map is kept (no copy per call); usually there is nothing to remove but what
+/// Connection names.
+pub fn for_caller(mut upstream: HeaderMap) -> HeaderMap {
+    let named = named_by_connection(&upstream);
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        upstream.remove(name);
+    }
+    if upstream
+        .keys()
+        .any(|name| name.as_str().starts_with("proxy-"))
+    {
+        let proxy: Vec<HeaderName> = upstream
+            .keys()
+            .filter(|name| name.as_str().starts_with("proxy-"))
+            .cloned()
+            .collect();
+        for name in proxy {
+            upstream.remove(name);
         }
     }
-    out
+    upstream
 }
 
 #[cfg(test)]
@@ -90,7 +102,7 @@ mod tests {
         let names: Vec<&str> = up.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-trace-id", "x-multi"]);
         assert_eq!(up.get_all("x-multi").iter().count(), 2);
-        let back = for_caller(&h);
+        let back = for_caller(h.clone());
         assert!(back.contains_key("authorization") && !back.contains_key("keep-alive"));
         assert!(!back.contains_key("x-secret-hop"));
     }
