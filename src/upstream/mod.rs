@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use pool::{ConnectionPool, PoolError};
@@ -31,8 +32,21 @@ pub struct OutgoingCall<'a> {
     pub body: Bytes,
 }
 
-/// Upstream's answer: status and headers read, the body still to come.
-pub type UpstreamResponse = http::Response<Incoming>;
+/// Upstream's answer: status and headers read, the body read whole or still to come.
+pub type UpstreamResponse = http::Response<UpstreamBody>;
+
+/// An answer whose length is declared and at most this size is read whole within the same deadline
+/// as its head, like a buffering proxy does: one timer per call instead of two, and the caller's
+/// answer goes out with its body in one piece. Longer or chunked answers are streamed.
+const READ_WHOLE_UP_TO: u64 = 64 * 1024;
+
+/// The body of upstream's answer.
+pub enum UpstreamBody {
+    /// Read whole already (declared length up to `READ_WHOLE_UP_TO`).
+    Whole(Bytes),
+    /// Still arriving.
+    Streaming(Incoming),
+}
 
 std::thread_local! {
     /// Which worker runtime this thread serves (0 outside the multi-worker server).
@@ -192,29 +206,62 @@ impl Upstream {
         let headers = request.headers_mut();
         headers.insert(http::header::HOST, self.base.host.clone());
         headers.insert(http::header::AUTHORIZATION, bearer.clone());
-        match tokio::time::timeout(self.timeout, self.pool().send(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(self.transport_error(&error)),
+        let exchange = async {
+            let response = match self.pool().send(request).await {
+                Ok(response) => response,
+                Err(error) => return Err(self.transport_error(&error)),
+            };
+            let (head, body) = response.into_parts();
+            let small = body
+                .size_hint()
+                .exact()
+                .is_some_and(|n| n <= READ_WHOLE_UP_TO);
+            let body = if small {
+                match body.collect().await {
+                    Ok(collected) => UpstreamBody::Whole(collected.to_bytes()),
+                    Err(error) => return Err(self.broken_off(&error)),
+                }
+            } else {
+                UpstreamBody::Streaming(body)
+            };
+            Ok(http::Response::from_parts(head, body))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(answer) => answer,
             Err(_) => Err(GatewayError::UpstreamTimeout(self.timeout.as_secs())),
         }
     }
 
     /// Reads an answer's body whole, within the upstream timeout.
-    pub async fn read_body(&self, body: Incoming) -> Result<Bytes, GatewayError> {
+    pub async fn read_body(&self, body: UpstreamBody) -> Result<Bytes, GatewayError> {
+        let body = match body {
+            UpstreamBody::Whole(bytes) => return Ok(bytes),
+            UpstreamBody::Streaming(body) => body,
+        };
         match tokio::time::timeout(self.timeout, body.collect()).await {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(error)) => Err(GatewayError::UpstreamUnreachable(format!(
-                "the answer broke off ({}): {error}",
-                self.base.describe()
-            ))),
+            Ok(Err(error)) => Err(self.broken_off(&error)),
             Err(_) => Err(GatewayError::UpstreamTimeout(self.timeout.as_secs())),
         }
     }
 
-    /// An answer's body passed on as it arrives; it is cut off when upstream stalls longer than
-    /// the upstream timeout between two pieces.
-    pub fn stream_body(&self, body: Incoming) -> axum::body::Body {
-        axum::body::Body::new(tower_http::timeout::TimeoutBody::new(self.timeout, body))
+    /// An answer's body for the caller: as read, or passed on as it arrives and cut off when
+    /// upstream stalls longer than the upstream timeout between two pieces.
+    pub fn stream_body(&self, body: UpstreamBody) -> axum::body::Body {
+        match body {
+            UpstreamBody::Whole(bytes) => axum::body::Body::from(bytes),
+            UpstreamBody::Streaming(body) => {
+                axum::body::Body::new(tower_http::timeout::TimeoutBody::new(self.timeout, body))
+            }
+        }
+    }
+
+    /// An answer whose body failed before its end (502).
+    fn broken_off(&self, error: &hyper::Error) -> GatewayError {
+        GatewayError::UpstreamUnreachable(format!(
+            "the answer broke off ({}): {error}",
+            self.base.describe()
+        ))
     }
 
     /// Maps a failed exchange with upstream to 502 (unreachable), in words that carry neither the
