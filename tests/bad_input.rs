@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{json, raw_request, start, start_with};
+use common::{TestGateway, json, raw_request, start, start_with};
 use contabo_gateway::sandbox::SandboxOptions;
 use reqwest::Method;
 
@@ -206,9 +206,9 @@ async fn an_upstream_whose_certificate_is_not_trusted_is_refused() {
     );
 }
 
-/// An upstream that answers status and headers, sends the start of the body, then stalls.
-/// Answers with `head` (status, headers and the start of a body), then stalls for 30 s.
-async fn upstream_stalling_mid_body(head: &'static [u8]) -> String {
+/// A gateway (upstream timeout 1 s) in front of an upstream that answers every request with
+/// `head` (status, headers and the start of a body), then stalls for 30 s.
+async fn gateway_before_upstream_stalling_mid_body(head: &'static [u8]) -> TestGateway {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -222,21 +222,20 @@ async fn upstream_stalling_mid_body(head: &'static [u8]) -> String {
             });
         }
     });
-    url
+    start_with(SandboxOptions::default(), |c| {
+        c.upstream.api_url = url;
+        c.upstream.timeout_secs = 1;
+    })
+    .await
 }
 
 #[tokio::test]
 async fn an_upstream_stalling_mid_body_is_cut_off_after_the_timeout() {
     // A chunked answer is streamed: the status went out, the body breaks off.
-    let chunked = upstream_stalling_mid_body(
+    let gw = gateway_before_upstream_stalling_mid_body(
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
           transfer-encoding: chunked\r\n\r\n9\r\n{\"data\":[\r\n",
     )
-    .await;
-    let gw = start_with(SandboxOptions::default(), |c| {
-        c.upstream.api_url = chunked;
-        c.upstream.timeout_secs = 1;
-    })
     .await;
     let started = Instant::now();
     let response = gw
@@ -260,15 +259,10 @@ async fn an_upstream_stalling_mid_body_is_cut_off_after_the_timeout() {
 async fn an_upstream_stalling_in_a_short_answer_gets_a_504() {
     // A short answer of declared length is read whole before it is passed on (and a cached
     // route always reads whole): the caller gets a 504 in JSON, not half an answer.
-    let declared = upstream_stalling_mid_body(
+    let gw = gateway_before_upstream_stalling_mid_body(
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
           content-length: 100\r\n\r\n{\"data\":[",
     )
-    .await;
-    let gw = start_with(SandboxOptions::default(), |c| {
-        c.upstream.api_url = declared;
-        c.upstream.timeout_secs = 1;
-    })
     .await;
     for path in [
         "/v1/compute/instances",
