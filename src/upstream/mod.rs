@@ -93,9 +93,12 @@ impl ApiBase {
             ));
         };
         if authority.as_str().contains('@') {
-            return Err(invalid(
-                "credentials in the URL are not supported; the gateway sends its own token".into(),
-            ));
+            // Not echoed: the URL carries a secret.
+            return Err(
+                "upstream.api_url carries credentials (user@host), which would be sent \
+                 upstream as the Host header; give the host alone, the gateway sends its own token"
+                    .into(),
+            );
         }
         let prefix = parts
             .path_and_query
@@ -293,4 +296,29 @@ fn https_connector(
         .https_or_http()
         .enable_http1()
         .wrap_connector(http))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_url_gives_host_origin_and_origin_form_targets() {
+        let base = ApiBase::parse("https://api.example.com:8443/prefix/").unwrap();
+        assert_eq!(base.host, "api.example.com:8443");
+        assert_eq!(base.origin().to_string(), "https://api.example.com:8443/");
+        let target = base
+            .target(&PathAndQuery::from_static("/v1/users?page=2"))
+            .unwrap();
+        assert_eq!(target.to_string(), "/prefix/v1/users?page=2");
+    }
+
+    #[test]
+    fn a_base_url_with_credentials_is_refused_without_echoing_them() {
+        let error = ApiBase::parse("https://team:hunter2@api.example.com")
+            .err()
+            .expect("credentials in the URL must be refused");
+        assert!(error.contains("credentials"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
 }
