@@ -252,7 +252,9 @@ async fn accept_loop(
                 }
                 let request = request.map(axum::body::Body::new);
                 if pipeline::is_contabo_call(request.uri().path()) {
-                    Either::Left(serve_contabo_call(gateway.clone(), request))
+                    // Boxed: hyper keeps the call's future where it is instead of moving its
+                    // kilobytes into the connection's state.
+                    Either::Left(Box::pin(serve_contabo_call(gateway.clone(), request)))
                 } else {
                     Either::Right(router.clone().oneshot(request))
                 }

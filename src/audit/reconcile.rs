@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::query::Filter;
 use super::store::Store;
-use crate::request_id::{self, RequestId};
+use crate::request_id::RequestId;
 use crate::routes::OPERATIONS;
 use crate::upstream::{OutgoingCall, Upstream};
 
@@ -61,14 +61,14 @@ pub async fn reconcile(upstream: &Upstream, store: &Store, since: &str) -> Resul
         let mut page = 1;
         loop {
             let path = format!("{endpoint}?page={page}&size={PAGE_SIZE}&startDate={start_date}");
-            let mut headers = HeaderMap::new();
-            headers.insert(request_id::HEADER, RequestId::generate().header_value());
             let response = upstream
                 .send(&OutgoingCall {
                     method: &Method::GET,
                     path_and_query: http::uri::PathAndQuery::try_from(path)
                         .map_err(|e| format!("{endpoint}: {e}"))?,
-                    headers,
+                    caller_headers: &HeaderMap::new(),
+                    request_id: RequestId::generate().header_value(),
+                    uncompressed: false,
                     body: Bytes::new(),
                 })
                 .await

@@ -64,12 +64,6 @@ async fn send(
     parts: &Parts,
     body: Bytes,
 ) -> Result<UpstreamResponse, GatewayError> {
-    let mut headers = headers::for_upstream(&parts.headers);
-    headers.insert(request_id::HEADER, call.request_id.header_value());
-    if call.route.is_some_and(Operation::needs_readable_body) {
-        // The gateway reads this answer (to redact or to cache it): ask for it uncompressed.
-        headers.remove(header::ACCEPT_ENCODING);
-    }
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -81,7 +75,10 @@ async fn send(
         .send(&OutgoingCall {
             method: &parts.method,
             path_and_query,
-            headers,
+            caller_headers: &parts.headers,
+            request_id: call.request_id.header_value(),
+            // The gateway reads this answer (to redact or to cache it): ask for it uncompressed.
+            uncompressed: call.route.is_some_and(Operation::needs_readable_body),
             body,
         })
         .await?;

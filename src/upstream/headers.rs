@@ -45,7 +45,8 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
 /// The caller's headers as they go upstream: end-to-end headers only, no caller credentials.
 pub fn for_upstream(caller: &HeaderMap) -> HeaderMap {
     let named = named_by_connection(caller);
-    let mut out = HeaderMap::with_capacity(caller.len());
+    // Room for what the gateway adds (request id, Host, Authorization) without regrowing.
+    let mut out = HeaderMap::with_capacity(caller.len() + 3);
     for (name, value) in caller {
         if !is_hop_by_hop(name, &named) && !SET_BY_GATEWAY.contains(name) {
             out.append(name.clone(), value.clone());

@@ -24,11 +24,15 @@ use crate::config::{Credentials, UpstreamConfig};
 use crate::error::GatewayError;
 use token::TokenManager;
 
-/// A call ready to go upstream: headers already cleaned and tagged with the request id.
+/// A call to send upstream. Its headers are made for every attempt from the caller's
+/// ([`headers::for_upstream`]), tagged with the request id and the gateway's token.
 pub struct OutgoingCall<'a> {
     pub method: &'a Method,
     pub path_and_query: PathAndQuery,
-    pub headers: HeaderMap,
+    pub caller_headers: &'a HeaderMap,
+    pub request_id: HeaderValue,
+    /// Ask for an uncompressed answer (drop the caller's Accept-Encoding).
+    pub uncompressed: bool,
     pub body: Bytes,
 }
 
@@ -205,8 +209,12 @@ impl Upstream {
         let mut request = http::Request::new(Full::new(call.body.clone()));
         *request.method_mut() = call.method.clone();
         *request.uri_mut() = self.base.target(&call.path_and_query)?;
-        *request.headers_mut() = call.headers.clone();
         let headers = request.headers_mut();
+        *headers = headers::for_upstream(call.caller_headers);
+        headers.insert(crate::request_id::HEADER, call.request_id.clone());
+        if call.uncompressed {
+            headers.remove(http::header::ACCEPT_ENCODING);
+        }
         headers.insert(http::header::HOST, self.base.host.clone());
         headers.insert(http::header::AUTHORIZATION, bearer.clone());
         let exchange = async {
