@@ -190,3 +190,80 @@ async fn migrate_query_and_verify_commands() {
     assert!(!ok, "a tampered chain fails verification");
     assert!(stderr.contains("broken at record 2"), "{stderr}");
 }
+
+/// The audit check of /_gateway/ready ("ok", or why the store cannot be written).
+async fn audit_readiness(url: &str) -> String {
+    let ready = http()
+        .get(format!("{url}/_gateway/ready"))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = ready.json().await.unwrap();
+    body["checks"]["audit"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_second_gateway_on_the_same_sqlite_file_is_refused_until_the_first_stops() {
+    let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/audit.db", dir.path().display());
+    let (key, block) = admin_client_block("one-writer");
+    let mut first = spawn_gateway_process(&sandbox, &block, dir.path(), Some(&db));
+    let created = post(&first.url, &key, "00000000-0000-4000-8000-000000000011").await;
+    assert_eq!(created.status(), 201);
+
+    let second = spawn_gateway_process(&sandbox, &block, dir.path(), Some(&db));
+    let mut reason = String::new();
+    for _ in 0..50 {
+        reason = audit_readiness(&second.url).await;
+        if reason != "ok" && !reason.contains("being opened") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reason.contains("another gateway process"), "{reason}");
+    let refused = post(&second.url, &key, "00000000-0000-4000-8000-000000000012").await;
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "audit_unavailable");
+    let posts = |sandbox: &Sandbox| {
+        sandbox
+            .state
+            .recorded()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .count()
+    };
+    assert_eq!(posts(&sandbox), 1, "the refused call was not forwarded");
+
+    // Once the first process is gone, the second takes the file over.
+    first.signal_and_wait("-TERM");
+    for _ in 0..50 {
+        if audit_readiness(&second.url).await == "ok" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let created = post(&second.url, &key, "00000000-0000-4000-8000-000000000013").await;
+    assert_eq!(created.status(), 201);
+    assert_eq!(posts(&sandbox), 2);
+    let (ok, stdout, stderr) = cli(&["audit", "verify"], &db);
+    assert!(ok, "{stdout}{stderr}");
+    let records = Store::open(&db)
+        .await
+        .unwrap()
+        .page(&Default::default())
+        .await
+        .unwrap();
+    let ids: Vec<&str> = records.iter().map(|r| r.request_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "00000000-0000-4000-8000-000000000011",
+            "00000000-0000-4000-8000-000000000013"
+        ]
+    );
+}

@@ -484,7 +484,8 @@ fn decode(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
 }
 
 /// `sqlite://PATH` with the file and its directory created on first start.
-fn sqlite_url(url: &str) -> Result<String, String> {
+/// The SQLite file a URL names (its directory created), and the URL's part after the scheme.
+fn sqlite_file(url: &str) -> Result<(&str, &str), String> {
     let rest = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
@@ -501,6 +502,47 @@ fn sqlite_url(url: &str) -> Result<String, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the audit directory {}: {e}", dir.display()))?;
     }
+    Ok((path, rest))
+}
+
+fn sqlite_url(url: &str) -> Result<String, String> {
+    let (_, rest) = sqlite_file(url)?;
     let separator = if rest.contains('?') { '&' } else { '?' };
     Ok(format!("sqlite://{rest}{separator}mode=rwc"))
+}
+
+/// The right to write a SQLite audit file, held by one gateway process at a time: an exclusive
+/// lock on `<file>.writer-lock`, released when the writer stops (or the process dies). A second
+/// process writing the same file would number records from its own idea of the chain's tail and
+/// break the chain; it is refused instead, and takes over once the first one is gone. PostgreSQL
+/// needs no claim: replicas append under an advisory lock.
+pub struct WriterClaim {
+    _lock: Option<std::fs::File>,
+}
+
+impl WriterClaim {
+    pub fn take(url: &str) -> Result<Self, String> {
+        if backend_of(url)? == Backend::Postgres {
+            return Ok(Self { _lock: None });
+        }
+        let (path, _) = sqlite_file(url)?;
+        let lock_path = format!("{path}.writer-lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("cannot open the audit writer lock {lock_path}: {e}"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _lock: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+                "the audit file {path} is written by another gateway process (it holds \
+                 {lock_path}); give every process its own file, or use PostgreSQL for several \
+                 replicas"
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(format!(
+                "cannot lock the audit writer lock {lock_path}: {e}"
+            )),
+        }
+    }
 }

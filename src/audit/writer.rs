@@ -10,7 +10,7 @@ use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::AuditRecord;
-use super::store::{Backend, ChainTail, Store};
+use super::store::{Backend, ChainTail, Store, WriterClaim};
 
 /// Most records taken into one transaction.
 const MAX_BATCH: usize = 512;
@@ -36,7 +36,9 @@ pub enum Op {
 pub type Health = Arc<RwLock<Result<(), String>>>;
 
 pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
-    let mut store = open(&url, &health).await;
+    // This process's right to write a SQLite file, held for the writer's life once taken.
+    let mut claim = None;
+    let mut store = open(&url, &mut claim, &health).await;
     // The writer's own connection, taken from the store's pool on the first batch and kept until a
     // write fails.
     let mut conn = None;
@@ -48,7 +50,7 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
             None => match tokio::time::timeout(RETRY_EVERY, ops.recv()).await {
                 Ok(op) => op,
                 Err(_) => {
-                    store = open(&url, &health).await;
+                    store = open(&url, &mut claim, &health).await;
                     continue;
                 }
             },
@@ -62,7 +64,7 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
             }
         }
         if store.is_none() {
-            store = open(&url, &health).await;
+            store = open(&url, &mut claim, &health).await;
         }
         let started = std::time::Instant::now();
         let result = match &store {
@@ -93,8 +95,18 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
     }
 }
 
-async fn open(url: &str, health: &Health) -> Option<Store> {
-    match Store::open(url).await {
+async fn open(url: &str, claim: &mut Option<WriterClaim>, health: &Health) -> Option<Store> {
+    let opened = match claim {
+        Some(_) => Store::open(url).await,
+        None => match WriterClaim::take(url) {
+            Ok(taken) => {
+                *claim = Some(taken);
+                Store::open(url).await
+            }
+            Err(reason) => Err(reason),
+        },
+    };
+    match opened {
         Ok(store) => {
             let was_down = health.read().expect("health lock").is_err();
             *health.write().expect("health lock") = Ok(());
