@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{admin_client_block, http, spawn_gateway_process};
+use common::{GatewayProcess, admin_client_block, http, spawn_gateway_process};
 use contabo_gateway::audit::store::Store;
 use contabo_gateway::sandbox::{Sandbox, SandboxOptions};
 
@@ -36,13 +36,43 @@ async fn post(url: &str, key: &str, request_id: &str) -> reqwest::Response {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_crash_mid_call_leaves_a_pending_record() {
+/// A sandbox and a gateway process with one admin team (`key`; its config in `block`) writing
+/// the SQLite audit file `<dir>/audit.db`.
+struct SqliteGateway {
+    sandbox: Sandbox,
+    dir: tempfile::TempDir,
+    db: String,
+    key: String,
+    block: String,
+    gateway: GatewayProcess,
+}
+
+async fn gateway_on_sqlite(team: &str) -> SqliteGateway {
     let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/audit.db", dir.path().display());
-    let (key, block) = admin_client_block("crash-test");
-    let mut gateway = spawn_gateway_process(&sandbox, &block, dir.path(), Some(&db));
+    let (key, block) = admin_client_block(team);
+    let gateway = spawn_gateway_process(&sandbox, &block, dir.path(), Some(&db));
+    SqliteGateway {
+        sandbox,
+        dir,
+        db,
+        key,
+        block,
+        gateway,
+    }
+}
+
+#[tokio::test]
+async fn a_crash_mid_call_leaves_a_pending_record() {
+    let SqliteGateway {
+        sandbox,
+        db,
+        key,
+        dir: _dir,
+        mut gateway,
+        ..
+    } = gateway_on_sqlite("crash-test").await;
     assert_eq!(
         post(&gateway.url, &key, "00000000-0000-4000-8000-000000000001")
             .await
@@ -84,11 +114,14 @@ async fn a_crash_mid_call_leaves_a_pending_record() {
 
 #[tokio::test]
 async fn sigterm_lets_the_call_finish_and_finalises_its_record() {
-    let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}/audit.db", dir.path().display());
-    let (key, block) = admin_client_block("drain-test");
-    let mut gateway = spawn_gateway_process(&sandbox, &block, dir.path(), Some(&db));
+    let SqliteGateway {
+        sandbox,
+        db,
+        key,
+        dir: _dir,
+        mut gateway,
+        ..
+    } = gateway_on_sqlite("drain-test").await;
     assert_eq!(
         http()
             .get(format!("{}/v1/compute/instances", gateway.url))
@@ -207,11 +240,14 @@ async fn audit_readiness(url: &str) -> String {
 
 #[tokio::test]
 async fn a_second_gateway_on_the_same_sqlite_file_is_refused_until_the_first_stops() {
-    let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}/audit.db", dir.path().display());
-    let (key, block) = admin_client_block("one-writer");
-    let mut first = spawn_gateway_process(&sandbox, &block, dir.path(), Some(&db));
+    let SqliteGateway {
+        sandbox,
+        dir,
+        db,
+        key,
+        block,
+        gateway: mut first,
+    } = gateway_on_sqlite("one-writer").await;
     let created = post(&first.url, &key, "00000000-0000-4000-8000-000000000011").await;
     assert_eq!(created.status(), 201);
 
