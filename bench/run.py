@@ -9,8 +9,8 @@
   proxy_set_header for the bearer token, and proxy_cache + proxy_cache_lock for /v1/users/.
 - Gateway: the release build, same upstream, the cache on, logs at warn (nginx's access log is off).
 - Load: wrk, alternating gateway and nginx in every round. Scenarios: GET passthrough (uncached
-  route), cache hit, POST passthrough (1 KiB JSON), and a fixed-rate latency run (direct to upstream,
-  gateway, nginx) for p50/p99/p999 and the latency each proxy adds.
+  route), cache hit, POST passthrough (1 KiB JSON), and fixed-rate latency runs (direct to upstream,
+  gateway, nginx, rotating, every round) for p50/p99/p999 and the latency each proxy adds.
 - Gateway-only rows: audited POST (SQLite, PostgreSQL at BENCH_POSTGRES_URL) against the un-audited
   gateway, and GET passthrough with rate limits local / in Redis (BENCH_REDIS_URL) / off.
 - Output: a markdown table on stdout and in bench/results/latest.md, with the gateway's peak RSS.
@@ -278,6 +278,42 @@ def limits_table(limit_results):
     return lines
 
 
+LATENCY_CONNECTIONS = 16
+
+
+def run_latency(targets, args):
+    """Fixed-rate runs, every round direct to upstream, gateway and nginx in a rotating order; each
+    proxy's added p99 is taken against the direct run of the same round (the machine's state drifts
+    between rounds more than within one)."""
+    results = {who: [] for who in targets}
+    names = list(targets)
+    for round_no in range(args.rounds):
+        shift = round_no % len(names)
+        for who in names[shift:] + names[:shift]:
+            base, k = targets[who]
+            r = wrk(base + "/v1/compute/instances", k, rate=args.rate, seconds=args.seconds,
+                    connections=LATENCY_CONNECTIONS)
+            results[who].append(r)
+            print(f"round {round_no + 1} fixed rate {args.rate}/s {who:20} p50 {ms(r['p50_us'])} ms  "
+                  f"p99 {ms(r['p99_us'])} ms  p999 {ms(r['p999_us'])} ms", flush=True)
+    return results
+
+
+def latency_table(latency, args):
+    lines = [f"Latency at a fixed {args.rate} req/s (GET passthrough, {LATENCY_CONNECTIONS} connections; "
+             f"{args.rounds} rounds x {args.seconds} s, rotating order; medians of the rounds; added p99 = "
+             "p99 minus the same round's direct p99):", "",
+             "| target | p50 ms | p99 ms | p999 ms | added p99 ms |", "|---|---:|---:|---:|---:|"]
+    direct = latency["direct to upstream"]
+    for who, rs in latency.items():
+        p50, p99, p999 = (statistics.median(x[k] for x in rs) for k in ("p50_us", "p99_us", "p999_us"))
+        added = "" if rs is direct else ms(statistics.median(
+            x["p99_us"] - d["p99_us"] for x, d in zip(rs, direct)))
+        lines.append(f"| {who} | {ms(p50)} | {ms(p99)} | {ms(p999)} | {added} |")
+    lines.append("")
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -383,14 +419,8 @@ def main():
 
         limit_results = run_limits(limiter_urls, key, args)
 
-        latency = {}
-        latency_connections = 16
-        for who, base, k in (("direct to upstream", up, None), ("gateway", gw, key), ("nginx", ng, None)):
-            latency[who] = wrk(base + "/v1/compute/instances", k, rate=args.rate,
-                               seconds=max(args.seconds * 2, 10), connections=latency_connections)
-            r = latency[who]
-            print(f"fixed rate {args.rate}/s {who:20} p50 {ms(r['p50_us'])} ms  p99 {ms(r['p99_us'])} ms  "
-                  f"p999 {ms(r['p999_us'])} ms", flush=True)
+        latency = run_latency({"direct to upstream": (up, None), "gateway": (gw, key), "nginx": (ng, None)},
+                              args)
         rss_mib = peak_rss_kib(gateway.pid) / 1024
     finally:
         for proc in reversed(procs):
@@ -426,15 +456,7 @@ def main():
         lines.append("| PostgreSQL | not run: no PostgreSQL at BENCH_POSTGRES_URL | | | |")
     lines.append("")
     lines += limits_table(limit_results)
-    lines.append(f"Latency at a fixed {args.rate} req/s (GET passthrough, {latency_connections} connections):")
-    lines.append("")
-    lines.append("| target | p50 ms | p99 ms | p999 ms | added p99 ms |")
-    lines.append("|---|---:|---:|---:|---:|")
-    direct_p99 = latency["direct to upstream"]["p99_us"]
-    for who, r in latency.items():
-        added = "" if who.startswith("direct") else ms(r["p99_us"] - direct_p99)
-        lines.append(f"| {who} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {ms(r['p999_us'])} | {added} |")
-    lines.append("")
+    lines += latency_table(latency, args)
     lines.append(f"Gateway peak RSS during the run: {rss_mib:.1f} MiB.")
     table = "\n".join(lines)
     os.makedirs(os.path.join(BENCH, "results"), exist_ok=True)

@@ -6,13 +6,13 @@
 //! counts) are read at scrape time. Names follow Prometheus conventions: units in the name,
 //! `_total` for counters.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::Method;
 use metrics::{Counter, Histogram, Label, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use rustc_hash::FxHashMap;
 
 use crate::app::Gateway;
 
@@ -136,10 +136,12 @@ thread_local! {
     /// up in the recorder's registry on every call (building and hashing the key) cost more than
     /// recording. As many entries as the label sets the exported series already have; the
     /// recorder is built without an idle timeout, so a series behind a kept handle is never dropped.
-    static CALL_HANDLES: std::cell::RefCell<HashMap<CallKey, CallHandles>> =
-        std::cell::RefCell::new(HashMap::new());
-    static UPSTREAM_HANDLES: std::cell::RefCell<HashMap<UpstreamKey, (Counter, Histogram)>> =
-        std::cell::RefCell::new(HashMap::new());
+    /// Hashed with FxHash: the keys are the gateway's own labels, not a caller's input to flood a
+    /// table with, and SipHash cost more than the lookup.
+    static CALL_HANDLES: std::cell::RefCell<FxHashMap<CallKey, CallHandles>> =
+        std::cell::RefCell::new(FxHashMap::default());
+    static UPSTREAM_HANDLES: std::cell::RefCell<FxHashMap<UpstreamKey, (Counter, Histogram)>> =
+        std::cell::RefCell::new(FxHashMap::default());
 }
 
 /// A team over its own limit got 429.

@@ -9,9 +9,10 @@
 //! another sort one after another, so the audit log's request-id index grows at one place instead
 //! of touching a random page per record (random v4 keys doubled what every audit commit wrote).
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub const HEADER: &str = "x-request-id";
+/// A `HeaderName` constant, not a string: a string name is parsed and checked on every use.
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACE_HEADER: &str = "x-trace-id";
 
 /// A request id known to match Contabo's pattern.

@@ -22,7 +22,7 @@ const SET_BY_GATEWAY: [HeaderName; 5] = [
     HeaderName::from_static("x-api-key"),
     header::HOST,
     header::CONTENT_LENGTH,
-    HeaderName::from_static(crate::request_id::HEADER),
+    crate::request_id::HEADER,
 ];
 
 fn is_hop_by_hop(name: &HeaderName, named_by_connection: &[HeaderName]) -> bool {
@@ -31,14 +31,19 @@ fn is_hop_by_hop(name: &HeaderName, named_by_connection: &[HeaderName]) -> bool 
         || named_by_connection.contains(name)
 }
 
-/// The header names listed in Connection headers (comma-separated, case-insensitive).
+/// The header names listed in Connection headers (comma-separated, case-insensitive), except
+/// `keep-alive`, which is removed as hop-by-hop anyway: most answers name nothing else, and then
+/// nothing is parsed or allocated.
 fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
+        .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && !name.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect()
 }
 
@@ -56,25 +61,16 @@ pub fn for_upstream(caller: &HeaderMap) -> HeaderMap {
 }
 
 /// Upstream's response headers made fit for the caller, in place: end-to-end headers only. The
-/// answer's own map is kept (no copy per call); usually there is nothing to remove but what
-/// Connection names.
+/// answer's own map is kept (no copy per call), and only the names it holds are looked at (usually
+/// Connection alone is removed).
 pub fn for_caller(mut upstream: HeaderMap) -> HeaderMap {
     let named = named_by_connection(&upstream);
-    for name in HOP_BY_HOP.iter().chain(&named) {
-        upstream.remove(name);
-    }
-    if upstream
+    while let Some(name) = upstream
         .keys()
-        .any(|name| name.as_str().starts_with("proxy-"))
+        .find(|name| is_hop_by_hop(name, &named))
+        .cloned()
     {
-        let proxy: Vec<HeaderName> = upstream
-            .keys()
-            .filter(|name| name.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
-        for name in proxy {
-            upstream.remove(name);
-        }
+        upstream.remove(name);
     }
     upstream
 }
