@@ -211,8 +211,8 @@ pub fn bind_workers(
     Ok(listeners)
 }
 
-/// The caller's address, attached to mutating calls only (the audit records it; attaching it to
-/// every call would cost every call an allocation).
+/// The caller's address, attached to mutating calls only and only with the audit log on (the audit
+/// records it; attaching it costs the call an allocation).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
@@ -225,6 +225,7 @@ async fn accept_loop(
 ) -> std::io::Result<()> {
     let drain_timeout = Duration::from_secs(gateway.config.server.shutdown_timeout_secs);
     let router = router(gateway.clone());
+    let audited = gateway.audit.enabled();
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -247,7 +248,7 @@ async fn accept_loop(
         let gateway = gateway.clone();
         let service =
             hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-                if ![Method::GET, Method::HEAD].contains(request.method()) {
+                if audited && ![Method::GET, Method::HEAD].contains(request.method()) {
                     request.extensions_mut().insert(ClientAddr(peer));
                 }
                 let request = request.map(axum::body::Body::new);

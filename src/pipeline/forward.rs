@@ -37,13 +37,15 @@ pub async fn forward(
         gw.limits
             .upstream_permit(&call.client.name, call.cost, call.started)
             .await?;
-        let mut response = send(gw, call, parts, body.clone()).await?;
+        // Boxed: the exchange's future is the largest part of a call's, and every layer above it
+        // would otherwise be that much larger and be copied that much more as it is set up.
+        let mut response = Box::pin(send(gw, call, parts, body.clone())).await?;
         if response.status() != StatusCode::TOO_MANY_REQUESTS {
             budget.upstream_answered();
             return Ok(response);
         }
         let asked = ratelimit::headers::upstream_retry_after(response.headers());
-        let pause = budget.upstream_limited(asked).await;
+        let pause = Box::pin(budget.upstream_limited(asked)).await;
         let idempotent = parts.method == Method::GET || parts.method == Method::HEAD;
         let fits = Instant::now() + pause < call.started + gw.limits.max_wait();
         if idempotent && !retried && fits {
