@@ -13,6 +13,9 @@
   gateway, nginx, rotating, every round) for p50/p99/p999 and the latency each proxy adds.
 - Gateway-only rows: audited POST (SQLite, PostgreSQL at BENCH_POSTGRES_URL) against the un-audited
   gateway, and GET passthrough with rate limits local / in Redis (BENCH_REDIS_URL) / off.
+- Floor: GET passthrough also through bench/floor, a proxy made of hyper and tokio alone (no gateway
+  stages), in the same rounds: what the frameworks cost against nginx, and what the gateway's own
+  work costs against them.
 - Output: a markdown table on stdout and in bench/results/latest.md, with the gateway's peak RSS.
 Loopback only; installs nginx and wrk from Debian's packages when missing.
 """
@@ -326,16 +329,19 @@ def main():
     args = parser.parse_args()
 
     ensure_tools()
+    floor_dir = os.path.join(BENCH, "floor")
     if not args.skip_build:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=floor_dir, check=True)
     binary = os.path.join(ROOT, "target", "release", "contabo-gateway")
+    floor_binary = os.path.join(floor_dir, "target", "release", "hyper-floor")
 
     work = tempfile.mkdtemp(prefix="gateway-bench-")
     # nginx workers run as an unprivileged user: they must be able to write their cache here.
     os.chmod(work, 0o755)
     os.makedirs(os.path.join(work, "nginx-cache"), mode=0o777)
     os.chmod(os.path.join(work, "nginx-cache"), 0o777)
-    up_port, nginx_port, gw_port = free_port(), free_port(), free_port()
+    up_port, nginx_port, gw_port, floor_port = free_port(), free_port(), free_port(), free_port()
     key = secrets.token_urlsafe(32)
     digest = hashlib.sha256(key.encode()).hexdigest()
     audited = {"SQLite": f"sqlite://{work}/audit.db"}
@@ -369,13 +375,15 @@ def main():
         gateway = start([binary, "serve", "--config", os.path.join(work, "gateway.toml")], env=env,
                         log=open(os.path.join(work, "gateway.log"), "w"))
         procs.append(gateway)
+        procs.append(start([floor_binary, f"127.0.0.1:{floor_port}", f"127.0.0.1:{up_port}",
+                            str(os.cpu_count() or 1)]))
         for backend in audited:
             procs.append(start([binary, "serve", "--config", os.path.join(work, f"gateway-{backend}.toml")], env=env,
                                log=open(os.path.join(work, f"gateway-{backend}.log"), "w")))
         for kind in limiters:
             procs.append(start([binary, "serve", "--config", os.path.join(work, f"gateway-limits-{kind}.toml")],
                                env=env, log=open(os.path.join(work, f"gateway-limits-{kind}.log"), "w")))
-        up, ng, gw = (f"http://127.0.0.1:{p}" for p in (up_port, nginx_port, gw_port))
+        up, ng, gw, floor = (f"http://127.0.0.1:{p}" for p in (up_port, nginx_port, gw_port, floor_port))
         limiter_urls = {"local": gw} | {k: f"http://127.0.0.1:{p}" for k, p in limiters.items()}
         for url in limiter_urls.values():
             wait_for(url + "/v1/compute/instances", {"Authorization": f"Bearer {key}"})
@@ -385,6 +393,7 @@ def main():
         wait_for(up + "/v1/compute/instances")
         wait_for(ng + "/v1/compute/instances")
         wait_for(gw + "/v1/compute/instances", {"Authorization": f"Bearer {key}"})
+        wait_for(floor + "/v1/compute/instances")
 
         if args.only == "limits":
             print("\n".join(limits_table(run_limits(limiter_urls, key, args))))
@@ -395,12 +404,15 @@ def main():
             ("cache hit", "/v1/users/6cdf5968-f9fe-4192-97c2-f349e813c5e8", "GET", 0),
             ("POST passthrough (1 KiB JSON)", "/v1/compute/instances", "POST", 1024),
         ]
-        results = {(s[0], who): [] for s in scenarios for who in ("gateway", "nginx")}
+        results = {(s[0], who): [] for s in scenarios for who in ("gateway", "nginx", "floor")}
+        targets = {"gateway": (gw, key), "nginx": (ng, None), "floor": (floor, None)}
         for round_no in range(args.rounds):
             order = ("gateway", "nginx") if round_no % 2 == 0 else ("nginx", "gateway")
             for name, path, method, size in scenarios:
-                for who in order:
-                    base, k = (gw, key) if who == "gateway" else (ng, None)
+                # The floor runs in the GET passthrough rounds only, between the two contenders.
+                contenders = (order[0], "floor", order[1]) if name == "GET passthrough" else order
+                for who in contenders:
+                    base, k = targets[who]
                     r = wrk(base + path, k, method, size, seconds=args.seconds, connections=args.connections)
                     results[(name, who)].append(r)
                     print(f"round {round_no + 1} {name:32} {who:8} {r['rps']:>10.0f} req/s  "
@@ -442,6 +454,13 @@ def main():
         np50, np99 = (statistics.median(x[p] for x in n) for p in ("p50_us", "p99_us"))
         lines.append(f"| {name} | {grps:,.0f} | {nrps:,.0f} | {grps / nrps:.2f} | "
                      f"{ms(gp50)} / {ms(gp99)} | {ms(np50)} / {ms(np99)} |")
+    lines.append("")
+    floor_rps = statistics.median(x["rps"] for x in results[("GET passthrough", "floor")])
+    get_rps = {who: statistics.median(x["rps"] for x in results[("GET passthrough", who)])
+               for who in ("gateway", "nginx")}
+    lines.append(f"Floor: GET passthrough through bench/floor, a proxy made of hyper and tokio alone (no "
+                 f"gateway stages), in the same rounds: {floor_rps:,.0f} req/s, {floor_rps / get_rps['nginx']:.2f} "
+                 f"of nginx; the gateway runs at {get_rps['gateway'] / floor_rps:.2f} of it.")
     lines.append("")
     lines.append("Audited POST (1 KiB JSON; every call commits a pending record before it is forwarded) "
                  "against the same gateway with the audit log off:")
