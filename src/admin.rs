@@ -173,6 +173,9 @@ pub async fn audit_query(
         }
         Err(message) => return GatewayError::BadRequest(message).into_response_with(&request_id),
     };
+    // Read your writes: records of calls answered before this query may still wait in the
+    // writer's queue (a call's final record is queued, not awaited).
+    gw.audit.flush().await;
     let store = match gw.audit.reader().await {
         Ok(store) => store.clone(),
         Err(reason) => {
@@ -265,6 +268,8 @@ pub async fn audit_verify(
     State(gw): State<Arc<Gateway>>,
     AuditReader { request_id }: AuditReader,
 ) -> Response {
+    // The chain as it stands after every call answered so far.
+    gw.audit.flush().await;
     let report = match gw.audit.reader().await {
         Ok(store) => store.verify().await,
         Err(reason) => Err(reason),
