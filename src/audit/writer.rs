@@ -67,6 +67,12 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
             store = open(&url, &mut claim, &health).await;
         }
         let started = std::time::Instant::now();
+        // A batch of flushes alone (an audit query waiting for what came before it) has nothing
+        // to write: everything before it was written with earlier batches.
+        if batch.iter().all(|op| matches!(op, Op::Flush { .. })) {
+            reply(batch, Ok(()));
+            continue;
+        }
         let result = match &store {
             Some(s) => write(s, &mut conn, &mut tail, &mut batch)
                 .await
