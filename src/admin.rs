@@ -108,7 +108,7 @@ impl FromRequestParts<Arc<Gateway>> for AuditReader {
 /// The call's request id when the caller's role is one of `roles`, the refusal otherwise.
 fn permit(parts: &Parts, gw: &Gateway, roles: &[Role]) -> Result<RequestId, Refusal> {
     let (request_id, _) = RequestId::from_headers(&parts.headers);
-    let error = match identify(gw, &parts.headers) {
+    let error = match identify(gw, parts) {
         Ok(client) if roles.contains(&client.role) => return Ok(request_id),
         Ok(client) => GatewayError::Forbidden {
             role: client.role.as_str(),

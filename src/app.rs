@@ -10,17 +10,19 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use futures_util::future::Either;
-use http::Method;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use crate::audit::AuditLog;
+use crate::auth_throttle::AuthThrottle;
 use crate::cache::ResponseCache;
 use crate::clients::ClientRegistry;
 use crate::config::{ClientConfig, Config, Credentials};
+use crate::connection::{AcceptErrors, Activity, Limits, Watched};
 use crate::ratelimit::RateLimits;
 use crate::routes::RouteTable;
 use crate::upstream::Upstream;
@@ -36,6 +38,10 @@ pub struct Gateway {
     pub audit: AuditLog,
     pub limits: RateLimits,
     pub in_flight: AtomicUsize,
+    /// 401s per client address, against key guessing.
+    pub auth_throttle: AuthThrottle,
+    /// Connections served at once across every worker (`server.max_connections`).
+    connections: Arc<Semaphore>,
 }
 
 impl Gateway {
@@ -54,6 +60,8 @@ impl Gateway {
             routes: RouteTable::default(),
             upstream,
             in_flight: AtomicUsize::new(0),
+            auth_throttle: AuthThrottle::new(config.server.auth_failures_per_minute),
+            connections: Arc::new(Semaphore::new(config.server.max_connections)),
             config,
         })
     }
@@ -191,10 +199,16 @@ pub async fn serve_workers(
 }
 
 /// `workers` listening sockets on one address with SO_REUSEPORT (port 0 resolves to one port).
+/// SO_REUSEPORT is for this process's own workers only: when something already listens on the
+/// port (another gateway, whose workers would otherwise share it with ours and split the traffic),
+/// binding fails with `AddrInUse` naming the address.
 pub fn bind_workers(
     addr: SocketAddr,
     workers: usize,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        refuse_a_served_port(addr)?;
+    }
     let mut addr = addr;
     let mut listeners = Vec::with_capacity(workers);
     for _ in 0..workers.max(1) {
@@ -211,8 +225,27 @@ pub fn bind_workers(
     Ok(listeners)
 }
 
-/// The caller's address, attached to mutating calls only and only with the audit log on (the audit
-/// records it; attaching it costs the call an allocation).
+/// Binds (without SO_REUSEPORT, so it joins no group) and releases the address: it fails when any
+/// socket listens there, also one of another gateway's reuse-port group.
+fn refuse_a_served_port(addr: SocketAddr) -> std::io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!(
+                "port {} on {} is already served by another process (another gateway?); \
+                     stop it or choose another server.listen",
+                addr.port(),
+                addr.ip()
+            ),
+        )),
+        Err(error) => Err(error),
+    }
+}
+
+/// The caller's address (the audit records it; the 401 throttle counts by it).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
@@ -223,19 +256,31 @@ async fn accept_loop(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let drain_timeout = Duration::from_secs(gateway.config.server.shutdown_timeout_secs);
+    let server = &gateway.config.server;
+    let drain_timeout = Duration::from_secs(server.shutdown_timeout_secs);
+    let limits = Limits {
+        header: Duration::from_secs(server.header_timeout_secs),
+        idle: Duration::from_secs(server.idle_timeout_secs),
+    };
     let router = router(gateway.clone());
-    let audited = gateway.audit.enabled();
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
+    let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
+        // At most server.max_connections at once: beyond it, connections wait in the backlog.
+        let permit = tokio::select! {
+            permit = gateway.connections.clone().acquire_owned() => {
+                permit.expect("the connection semaphore is never closed")
+            }
+            _ = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(%error, "accept failed");
+                    accept_errors.failed(&error);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
@@ -244,28 +289,40 @@ async fn accept_loop(
         };
         // Answers are written in pieces (head, body chunks): do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
+        let activity = Activity::new();
         let router = router.clone();
         let gateway = gateway.clone();
+        let calls = activity.clone();
         let service =
             hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-                if audited && ![Method::GET, Method::HEAD].contains(request.method()) {
-                    request.extensions_mut().insert(ClientAddr(peer));
-                }
+                let call = calls.call();
+                request.extensions_mut().insert(ClientAddr(peer));
                 let request = request.map(axum::body::Body::new);
-                if pipeline::is_contabo_call(request.uri().path()) {
+                let answer = if pipeline::is_contabo_call(request.uri().path()) {
                     // Boxed: hyper keeps the call's future where it is instead of moving its
                     // kilobytes into the connection's state.
                     Either::Left(Box::pin(serve_contabo_call(gateway.clone(), request)))
                 } else {
                     Either::Right(router.clone().oneshot(request))
+                };
+                async move {
+                    let answered = answer.await;
+                    drop(call);
+                    answered
                 }
             });
+        let io = TokioIo::new(Watched::new(stream, activity.clone()));
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(io, service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let _ = connection.await;
+            tokio::select! {
+                _ = connection => {}
+                // A slow or silent client: dropping the connection closes it.
+                _ = activity.overstayed(limits) => {}
+            }
+            drop(permit);
         });
     }
     drop(listener);
@@ -285,13 +342,15 @@ async fn accept_loop(
 /// the cache invalidation listener (with Redis) and the audit retention pruning (with
 /// `audit.retention_days`).
 fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle<()>> {
+    let upkept = gateway.clone();
     let mut tasks = vec![
         tokio::spawn(gateway.limits.budget().clone().run_dispatcher()),
-        tokio::spawn(async {
+        tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(5));
             loop {
                 every.tick().await;
                 crate::metrics::run_upkeep();
+                upkept.auth_throttle.prune();
             }
         }),
     ];

@@ -62,11 +62,16 @@ impl Role {
     }
 }
 
-/// /v1/users/** and /v1/roles/** manage the company's identities; only admins change them.
+/// /v1/users/** and /v1/roles/** manage the company's identities; only admins change them. Matched
+/// as Contabo's router matches them: without regard to case, with or without `;params`.
 pub fn touches_identity(path: &str) -> bool {
     ["/v1/users", "/v1/roles"].iter().any(|prefix| {
-        path.strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        path.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+            && path[prefix.len()..]
+                .chars()
+                .next()
+                .is_none_or(|next| next == '/' || next == ';')
     })
 }
 
@@ -246,6 +251,9 @@ mod tests {
             (Role::Operator, M::PUT, "/v1/roles/1", false),
             (Role::Operator, M::GET, "/v1/users", true),
             (Role::Operator, M::POST, "/v1/usersx", true),
+            (Role::Operator, M::POST, "/v1/USERS", false),
+            (Role::Operator, M::POST, "/v1/Roles/x/y", false),
+            (Role::Operator, M::POST, "/v1/users;x", false),
             (Role::Admin, M::DELETE, "/v1/users/1", true),
             (Role::Auditor, M::GET, "/v1/users", false),
         ];

@@ -35,6 +35,14 @@ pub struct ServerConfig {
     pub shutdown_timeout_secs: u64,
     /// Worker runtimes, one thread each (0 = one per CPU).
     pub workers: usize,
+    /// A request head must arrive within this long of a connection opening or of its first byte.
+    pub header_timeout_secs: u64,
+    /// A keep-alive connection with no call is closed after this long.
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// 401s one client address may get in a minute before its calls get 429 (0 = no limit).
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +52,10 @@ impl Default for ServerConfig {
             max_body_bytes: 10 * 1024 * 1024,
             shutdown_timeout_secs: 30,
             workers: 0,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 10_000,
+            auth_failures_per_minute: 30,
         }
     }
 }
@@ -140,6 +152,8 @@ pub struct AuditConfig {
     pub redact_keys: Vec<String>,
     /// Delete records older than this many days (0 = keep forever).
     pub retention_days: u64,
+    /// Store `userData` (cloud-init) as sent instead of as its SHA-256 and size.
+    pub store_user_data: bool,
 }
 
 impl Default for AuditConfig {
@@ -162,6 +176,7 @@ impl Default for AuditConfig {
             .map(String::from)
             .to_vec(),
             retention_days: 0,
+            store_user_data: false,
         }
     }
 }
@@ -354,6 +369,14 @@ impl Config {
                 "server.workers = {} is more than 1024; use 0 for one per CPU",
                 self.server.workers
             ));
+        }
+        if self.server.header_timeout_secs == 0 || self.server.idle_timeout_secs == 0 {
+            problems.push(
+                "server.header_timeout_secs and server.idle_timeout_secs must be at least 1".into(),
+            );
+        }
+        if self.server.max_connections == 0 {
+            problems.push("server.max_connections must be at least 1".into());
         }
         if self.server.max_body_bytes == 0 {
             problems.push("server.max_body_bytes must be at least 1".into());

@@ -11,6 +11,10 @@ use serde_json::json;
 use crate::ratelimit;
 use crate::request_id::RequestId;
 
+/// The methods forwarded to Contabo: those its spec uses, plus HEAD and OPTIONS (the `allow` of a
+/// 405).
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     #[error("{0}")]
@@ -26,6 +30,21 @@ pub enum GatewayError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error(
+        "{sent} is not the path Contabo's API spells this call with; send it as {canonical} \
+         (no other spelling of a path is forwarded)"
+    )]
+    NonCanonicalPath { sent: String, canonical: String },
+    #[error(
+        "method {0} is not forwarded to Contabo; use one of {ALLOWED_METHODS} (methods are \
+         case-sensitive)"
+    )]
+    MethodNotAllowed(String),
+    #[error(
+        "too many calls with an unknown or missing key from this address; retry after \
+         {retry_after_secs} s with a valid team key"
+    )]
+    AuthThrottled { retry_after_secs: u64 },
     #[error("the request body is larger than server.max_body_bytes ({limit} bytes); send less")]
     PayloadTooLarge { limit: usize },
     #[error(
@@ -77,6 +96,9 @@ impl GatewayError {
             GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::NonCanonicalPath { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::AuthThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::CredentialUnusable { .. }
             | GatewayError::UpstreamUnreachable(_)
@@ -107,6 +129,9 @@ impl GatewayError {
             GatewayError::Forbidden { .. } => "forbidden",
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::NotFound(_) => "not_found",
+            GatewayError::NonCanonicalPath { .. } => "non_canonical_path",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::AuthThrottled { .. } => "too_many_auth_failures",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::CredentialUnusable { .. } => "upstream_credential_unusable",
             GatewayError::UpstreamUnreachable(_) => "upstream_unreachable",
@@ -144,6 +169,18 @@ impl GatewayError {
             }
             GatewayError::UpstreamBudgetExhausted { retry_after, .. } => {
                 ratelimit::headers::retry_after(headers, *retry_after);
+            }
+            GatewayError::AuthThrottled { retry_after_secs } => {
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(*retry_after_secs),
+                );
+            }
+            GatewayError::MethodNotAllowed(_) => {
+                headers.insert(
+                    http::header::ALLOW,
+                    HeaderValue::from_static(ALLOWED_METHODS),
+                );
             }
             _ => {}
         }

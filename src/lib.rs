@@ -6,10 +6,12 @@
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod auth_throttle;
 pub mod cache;
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod metrics;
 pub mod pipeline;

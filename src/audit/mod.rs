@@ -50,7 +50,11 @@ impl AuditLog {
         }
         Self {
             config: config.clone(),
-            bodies: BodyPolicy::new(&config.redact_keys, config.max_body_bytes),
+            bodies: BodyPolicy::new(
+                &redacted_keys(config),
+                config.max_body_bytes,
+                config.store_user_data,
+            ),
             ops,
             health,
             reader: tokio::sync::OnceCell::new(),
@@ -94,8 +98,9 @@ impl AuditLog {
 
     /// The audit trail of one call, or `None` when the call is not audited (not mutating).
     pub fn trail(&self, call: &CallContext, parts: &Parts) -> Option<AuditTrail<'_>> {
-        let mutating =
-            [Method::POST, Method::PUT, Method::PATCH, Method::DELETE].contains(&parts.method);
+        // Every method but the safe ones: an unknown one (`post`, `FOO`) is refused, and the
+        // refusal is on record like any other refused write.
+        let mutating = ![Method::GET, Method::HEAD, Method::OPTIONS].contains(&parts.method);
         if !self.config.enabled || !mutating {
             return None;
         }
@@ -119,7 +124,7 @@ impl AuditLog {
             role: call.client.role.as_str().into(),
             method: parts.method.to_string(),
             path: parts.uri.path().into(),
-            query: parts.uri.query().unwrap_or("").into(),
+            query: self.bodies.store_query(parts.uri.query().unwrap_or("")),
             request_id: call.request_id.as_str().into(),
             trace_id: header(crate::request_id::TRACE_HEADER),
             client_ip,
@@ -147,6 +152,18 @@ impl AuditLog {
             .and_then(|v| v.to_str().ok());
         self.bodies.store(body, content_type)
     }
+}
+
+/// The keys stored as "[REDACTED]": `audit.redact_keys` and every secret field the route table
+/// knows (a stored secret's `value`, the client `secret`, an S3 `secretKey`, ...).
+fn redacted_keys(config: &AuditConfig) -> Vec<String> {
+    let mut keys = config.redact_keys.clone();
+    for field in crate::routes::secret_fields() {
+        if !keys.iter().any(|k| k.eq_ignore_ascii_case(field)) {
+            keys.push(field.to_string());
+        }
+    }
+    keys
 }
 
 /// The record of one mutating call as it goes through the pipeline.

@@ -219,9 +219,19 @@ pub fn csv_line(records: &[AuditRecord], header: bool) -> Vec<u8> {
         let _ = writer.write_record(CSV_HEADER);
     }
     for r in records {
-        let _ = writer.write_record(csv_fields(r));
+        let _ = writer.write_record(csv_fields(r).map(spreadsheet_safe));
     }
     writer.into_inner().unwrap_or_default()
+}
+
+/// A cell a spreadsheet would run as a formula (it starts with `=`, `+`, `-`, `@`, a tab or a
+/// carriage return) gets a leading `'`, as OWASP advises against CSV injection: a caller's path
+/// or body must open as text in a reviewer's spreadsheet.
+fn spreadsheet_safe(cell: String) -> String {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}"),
+        _ => cell,
+    }
 }
 
 /// A compact table for people (CLI).

@@ -68,7 +68,7 @@ pub async fn reconcile(upstream: &Upstream, store: &Store, since: &str) -> Resul
                         .map_err(|e| format!("{endpoint}: {e}"))?,
                     caller_headers: &HeaderMap::new(),
                     request_id: RequestId::generate().header_value(),
-                    uncompressed: false,
+                    read_whole: false,
                     body: Bytes::new(),
                 })
                 .await

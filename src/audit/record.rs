@@ -145,22 +145,55 @@ pub fn now_ts() -> String {
 /// and at most `max_bytes` with a marker when cut.
 pub struct BodyPolicy {
     redact_keys: Vec<String>,
-    /// The keys in ASCII lower case, to rule them out of a body without parsing it.
+    /// The keys in ASCII lower case (and `userdata` when it is digested), to rule them out of a
+    /// body without parsing it.
     lowercase_keys: Vec<memchr::memmem::Finder<'static>>,
     max_bytes: usize,
+    /// Whether `userData` (cloud-init, often with passwords in it) is stored as sent.
+    store_user_data: bool,
 }
 
+/// The key of an instance's cloud-init document.
+const USER_DATA: &str = "userData";
+
 impl BodyPolicy {
-    pub fn new(redact_keys: &[String], max_bytes: usize) -> Self {
+    pub fn new(redact_keys: &[String], max_bytes: usize, store_user_data: bool) -> Self {
         let lowercase_keys = redact_keys
             .iter()
+            .map(String::as_str)
+            .chain((!store_user_data).then_some(USER_DATA))
             .map(|k| memchr::memmem::Finder::new(k.to_ascii_lowercase().as_bytes()).into_owned())
             .collect();
         Self {
             redact_keys: redact_keys.to_vec(),
             lowercase_keys,
             max_bytes,
+            store_user_data,
         }
+    }
+
+    /// The query string as stored: the value of every parameter named like a redacted key
+    /// (ignoring case) is `[REDACTED]`.
+    pub fn store_query(&self, query: &str) -> String {
+        if query.is_empty() {
+            return String::new();
+        }
+        query
+            .split('&')
+            .map(|pair| {
+                let name = pair.split('=').next().unwrap_or("");
+                let secret = self
+                    .redact_keys
+                    .iter()
+                    .any(|key| key.eq_ignore_ascii_case(name));
+                if secret {
+                    format!("{name}=[REDACTED]")
+                } else {
+                    pair.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("&")
     }
 
     /// The body as stored. A JSON body that cannot hold a secret is kept as sent; one where a key
@@ -181,6 +214,9 @@ impl BodyPolicy {
                 Ok(mut value) => {
                     let keys: Vec<&str> = self.redact_keys.iter().map(String::as_str).collect();
                     crate::redact::redact_keys(&mut value, &keys);
+                    if !self.store_user_data {
+                        digest_user_data(&mut value);
+                    }
                     value.to_string()
                 }
                 Err(_) => return describe(),
@@ -209,6 +245,33 @@ impl BodyPolicy {
     }
 }
 
+/// Replaces every `userData` value (any depth, any case) by its SHA-256 and size: enough to tell
+/// which cloud-init document a call sent without keeping the passwords it often holds.
+fn digest_user_data(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                if key.eq_ignore_ascii_case(USER_DATA) {
+                    let text = match &*inner {
+                        Value::String(text) => text.clone(),
+                        other => other.to_string(),
+                    };
+                    *inner = Value::String(format!(
+                        "[userData: sha256 {}, {} bytes]",
+                        hex::encode(Sha256::digest(text.as_bytes())),
+                        text.len()
+                    ));
+                } else {
+                    digest_user_data(inner);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(digest_user_data),
+        _ => {}
+    }
+}
+
 /// At most `max_bytes` of `text` (cut at a character boundary), with a marker when cut.
 fn truncated(text: String, max_bytes: usize) -> String {
     if text.len() <= max_bytes {
@@ -233,7 +296,26 @@ mod tests {
         BodyPolicy::new(
             &["password", "secret", "rootPassword"].map(String::from),
             max_bytes,
+            false,
         )
+    }
+
+    #[test]
+    fn user_data_is_stored_as_its_digest_and_secret_query_parameters_redacted() {
+        let cloud_init = "#cloud-config\npassword: hunter2\n";
+        let body = serde_json::json!({"imageId": "i", "userData": cloud_init}).to_string();
+        let stored = policy(10_000).store(body.as_bytes(), None);
+        assert!(!stored.contains("hunter2"), "{stored}");
+        let digest = hex::encode(Sha256::digest(cloud_init.as_bytes()));
+        assert!(
+            stored.contains(&digest) && stored.contains(&format!("{} bytes", cloud_init.len()))
+        );
+        let kept = BodyPolicy::new(&[], 10_000, true).store(body.as_bytes(), None);
+        assert!(kept.contains("hunter2"));
+        assert_eq!(
+            policy(100).store_query("a=1&Password=x&secret&b=2"),
+            "a=1&Password=[REDACTED]&secret=[REDACTED]&b=2"
+        );
     }
 
     #[test]

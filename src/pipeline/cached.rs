@@ -78,7 +78,7 @@ async fn fetch(
     let body = gw.upstream.read_body(body).await?;
     let non_admin_body = match call.route.filter(|r| r.carries_secrets()) {
         None => NonAdminBody::Same,
-        Some(route) => match redacted(&headers, &body, route) {
+        Some(route) => match redacted(status, &headers, &body, route) {
             Ok(redacted) => NonAdminBody::Redacted(redacted),
             Err(error) => NonAdminBody::Unreadable(error),
         },

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use axum::body::Body;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, header};
+use http::{HeaderMap, Method, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::CallContext;
-use crate::app::Gateway;
+use crate::app::{ClientAddr, Gateway};
 use crate::clients::{Client, KeyProblem, presented_key};
 use crate::error::GatewayError;
 
@@ -61,6 +61,26 @@ fn is_dot_segment(segment: &[u8]) -> bool {
     dots == 1 || dots == 2
 }
 
+/// Only the methods Contabo's spec uses, plus HEAD and OPTIONS, are forwarded. Methods are
+/// case-sensitive: `post` is not POST, and an upstream that reads it as POST must not get it
+/// unaudited.
+pub fn check_method(method: &Method) -> Result<(), GatewayError> {
+    let forwarded = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ];
+    if forwarded.contains(method) {
+        Ok(())
+    } else {
+        Err(GatewayError::MethodNotAllowed(method.to_string()))
+    }
+}
+
 /// Header values must be visible ASCII: anything else cannot be forwarded faithfully.
 pub fn check_header_values(headers: &HeaderMap) -> Result<(), GatewayError> {
     match headers.iter().find(|(_, v)| v.to_str().is_err()) {
@@ -71,12 +91,22 @@ pub fn check_header_values(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
-/// The calling team, from its key.
-pub fn identify(gw: &Gateway, headers: &HeaderMap) -> Result<Arc<Client>, GatewayError> {
-    let key = presented_key(headers).map_err(|p| GatewayError::Unauthenticated(p.message()))?;
-    gw.clients()
-        .identify(key)
-        .ok_or(GatewayError::Unauthenticated(KeyProblem::Unknown.message()))
+/// The calling team, from its key. An address that got too many 401s lately is refused first
+/// (429), whatever key it sends; a 401 counts against its address.
+pub fn identify(gw: &Gateway, parts: &Parts) -> Result<Arc<Client>, GatewayError> {
+    let address = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());
+    gw.auth_throttle.check(address)?;
+    let identified = presented_key(&parts.headers)
+        .map_err(|p| GatewayError::Unauthenticated(p.message()))
+        .and_then(|key| {
+            gw.clients()
+                .identify(key)
+                .ok_or(GatewayError::Unauthenticated(KeyProblem::Unknown.message()))
+        });
+    if identified.is_err() {
+        gw.auth_throttle.failed(address);
+    }
+    identified
 }
 
 pub fn authorize(call: &CallContext, parts: &Parts) -> Result<(), GatewayError> {

@@ -79,8 +79,8 @@ async fn send(
             path_and_query,
             caller_headers: &parts.headers,
             request_id: call.request_id.header_value(),
-            // The gateway reads this answer (to redact or to cache it): ask for it uncompressed.
-            uncompressed: call.route.is_some_and(Operation::needs_readable_body),
+            // The gateway reads this answer (to redact or to cache it): ask for all of it.
+            read_whole: call.route.is_some_and(Operation::needs_readable_body),
             body,
         })
         .await?;
@@ -131,7 +131,7 @@ pub async fn respond(
                 Body::from(bytes.clone())
             } else {
                 headers.remove(header::CONTENT_LENGTH);
-                Body::from(redacted(&headers, &bytes, route)?)
+                Body::from(redacted(status, &headers, &bytes, route)?)
             }
         }
     };
@@ -160,9 +160,11 @@ fn invalidated_groups(
     }
 }
 
-/// The body with the route's secret fields redacted, or an error when it cannot be read as JSON
-/// (it is then never passed on).
+/// The body with the route's secret fields redacted, or an error when it is not one whole JSON
+/// object or array (a 206 slice, another media type, an encoding the gateway does not read): such
+/// an answer cannot be shown free of secrets and is never passed on.
 pub fn redacted(
+    status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],
     route: &Operation,
@@ -174,7 +176,23 @@ pub fn redacted(
             route.operation_id
         ))
     };
-    if headers.contains_key(header::CONTENT_ENCODING) {
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .is_some_and(|t| t == "application/json" || t.ends_with("+json"));
+    let whole_document = body.is_empty()
+        || matches!(
+            body.iter().find(|b| !b.is_ascii_whitespace()),
+            Some(b'{' | b'[')
+        );
+    if status == StatusCode::PARTIAL_CONTENT
+        || headers.contains_key(header::CONTENT_ENCODING)
+        || headers.contains_key(header::CONTENT_RANGE)
+        || !whole_document
+        || (!body.is_empty() && !json_type)
+    {
         return Err(refuse());
     }
     redact::redact_json_body(body, route.secret_fields)

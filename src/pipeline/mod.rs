@@ -42,7 +42,7 @@ use crate::metrics;
 use crate::ratelimit::Quota;
 use crate::request_id::{Origin, RequestId};
 use crate::routes::Operation;
-use checks::{authorize, check_header_values, read_body};
+use checks::{authorize, check_header_values, check_method, read_body};
 use forward::{forward, respond};
 
 /// What the gateway knows about one call once the caller is identified.
@@ -54,6 +54,9 @@ pub struct CallContext {
     pub cost: u32,
     /// When the gateway took the call: the upstream budget's `max_wait_ms` counts from here.
     pub started: Instant,
+    /// The path as Contabo's spec spells it, when the caller spelt it otherwise (the call is then
+    /// refused, so that every check sees the operation upstream would execute).
+    pub respell: Option<String>,
 }
 
 /// Whether a path is a Contabo call (/v1 and /v1/**), served by the pipeline.
@@ -125,8 +128,9 @@ async fn run(
     labels: &mut CallLabels,
 ) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
-    let client = identify(gw, &parts.headers)?;
-    let route = gw.routes.find(&parts.method, parts.uri.path());
+    let client = identify(gw, &parts)?;
+    let classified = gw.routes.classify(&parts.method, parts.uri.path());
+    let route = classified.operation;
     let span = tracing::Span::current();
     span.record("client", &*client.name);
     labels.route = route.map_or("unknown", |r| r.operation_id);
@@ -138,6 +142,7 @@ async fn run(
         route,
         cost: gw.limits.cost(route),
         started,
+        respell: classified.canonical,
     };
     // Boxed: a call's future holds the trail across every await, most calls have none.
     let trail = gw.audit.trail(&call, &parts).map(Box::new);
@@ -197,8 +202,8 @@ async fn proceed(
     }
 }
 
-/// The checks a call must pass before anything is sent upstream: path and header hygiene,
-/// permission by role, the team's rate limit, the bounded body. Gives the body and the quota the
+/// The checks a call must pass before anything is sent upstream: a forwarded method, path and
+/// header hygiene (one spelling per operation), permission by role, the team's rate limit, the bounded body. Gives the body and the quota the
 /// team has left (None with limits off).
 async fn admit(
     gw: &Gateway,
@@ -206,7 +211,14 @@ async fn admit(
     parts: &Parts,
     body: axum::body::Body,
 ) -> Result<(bytes::Bytes, Option<Quota>), GatewayError> {
+    check_method(&parts.method)?;
     check_path(parts.uri.path())?;
+    if let Some(canonical) = &call.respell {
+        return Err(GatewayError::NonCanonicalPath {
+            sent: parts.uri.path().to_string(),
+            canonical: canonical.clone(),
+        });
+    }
     check_header_values(&parts.headers)?;
     authorize(call, parts)?;
     let quota = gw.limits.admit(&call.client, call.cost).await?;

@@ -46,6 +46,17 @@ impl Operation {
     }
 }
 
+/// Every field name the route table knows to carry a secret, each once.
+pub fn secret_fields() -> Vec<&'static str> {
+    let mut fields: Vec<&'static str> = OPERATIONS
+        .iter()
+        .flat_map(|op| op.secret_fields.iter().copied())
+        .collect();
+    fields.sort_unstable();
+    fields.dedup();
+    fields
+}
+
 #[derive(Debug)]
 struct Template {
     method: Method,
@@ -99,36 +110,143 @@ impl RouteTable {
         Self { by_length }
     }
 
-    /// The operation for `method` and a raw (undecoded) request path. HEAD matches like GET.
+    /// The operation for `method` and a request path spelled exactly as the spec spells it (literal
+    /// segments compared with their case). HEAD matches like GET.
     pub fn find(&self, method: &Method, path: &str) -> Option<&'static Operation> {
+        let classified = self.classify(method, path);
+        classified
+            .canonical
+            .is_none()
+            .then_some(classified.operation?)
+    }
+
+    /// Reads a raw (undecoded) request path the way an Express-style upstream routes it: literal
+    /// segments compared without regard to case, percent-encoded unreserved characters decoded,
+    /// `;params` and a trailing slash ignored. The operation it reaches, and the one spelling of it
+    /// the gateway accepts when the path differs from that spelling.
+    pub fn classify(&self, method: &Method, path: &str) -> Classified {
+        let normalised = normalise(path);
         let method = if method == Method::HEAD {
             &Method::GET
         } else {
             method
         };
-        // Split once; no spec path has more than MAX_SEGMENTS segments.
         let mut segments = [""; MAX_SEGMENTS];
         let mut count = 0;
-        for segment in path.split('/').skip(1) {
-            *segments.get_mut(count)? = segment;
+        for segment in normalised.split('/').skip(1) {
+            match segments.get_mut(count) {
+                Some(slot) => *slot = segment,
+                None => return Classified::unknown(path, &normalised),
+            }
             count += 1;
         }
         let segments = &segments[..count];
-        self.by_length
-            .get(count)?
-            .iter()
-            .filter(|t| t.method == *method)
-            .find(|t| {
+        let template = self.by_length.get(count).and_then(|templates| {
+            templates.iter().filter(|t| t.method == *method).find(|t| {
                 t.segments
                     .iter()
                     .zip(segments)
                     .all(|(template, actual)| match template {
-                        Some(literal) => literal == actual,
+                        Some(literal) => literal.eq_ignore_ascii_case(actual),
                         None => !actual.is_empty(),
                     })
             })
-            .map(|t| t.operation)
+        });
+        let Some(template) = template else {
+            return Classified::unknown(path, &normalised);
+        };
+        let spelled_as_spec = template
+            .segments
+            .iter()
+            .zip(segments)
+            .all(|(template, actual)| template.is_none_or(|literal| literal == *actual));
+        let canonical = if spelled_as_spec && normalised == path {
+            None
+        } else {
+            let mut canonical = String::with_capacity(path.len());
+            for (template, actual) in template.segments.iter().zip(segments) {
+                canonical.push('/');
+                canonical.push_str(template.unwrap_or(actual));
+            }
+            Some(canonical)
+        };
+        Classified {
+            operation: Some(template.operation),
+            canonical,
+        }
     }
+}
+
+/// A call's path read against the route table.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Classified {
+    /// The spec operation upstream will execute, if any.
+    pub operation: Option<&'static Operation>,
+    /// The spelling to send instead, when the path was not sent in it.
+    pub canonical: Option<String>,
+}
+
+impl Classified {
+    fn unknown(path: &str, normalised: &str) -> Self {
+        Self {
+            operation: None,
+            canonical: (normalised != path).then(|| normalised.to_string()),
+        }
+    }
+}
+
+/// The path with what an Express-style router ignores taken out: percent-encoded unreserved
+/// characters decoded, `;params` of a segment dropped, a trailing slash dropped. Borrowed when
+/// there is nothing to take out (nearly every call).
+pub fn normalise(path: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = path.as_bytes();
+    let trailing_slash = path.len() > 1 && path.ends_with('/');
+    if !trailing_slash && memchr::memchr2(b'%', b';', bytes).is_none() {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (index, segment) in path.split('/').enumerate() {
+        if index > 0 {
+            out.push('/');
+        }
+        let segment = segment.split(';').next().unwrap_or("");
+        out.push_str(&decode_unreserved(segment));
+    }
+    while out.len() > 1 && out.ends_with('/') {
+        out.pop();
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// `%XX` decoded where it stands for an unreserved character (RFC 3986: letters, digits, `-._~`),
+/// which means the same written plain; any other escape is kept as sent.
+fn decode_unreserved(segment: &str) -> std::borrow::Cow<'_, str> {
+    if !segment.contains('%') {
+        return std::borrow::Cow::Borrowed(segment);
+    }
+    let bytes = segment.as_bytes();
+    let mut out = String::with_capacity(segment.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let decoded = (bytes[at] == b'%')
+            .then(|| bytes.get(at + 1..at + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
+        match decoded {
+            Some(byte) => {
+                out.push(byte as char);
+                at += 3;
+            }
+            None => {
+                let len = segment[at..].chars().next().map_or(1, char::len_utf8);
+                out.push_str(&segment[at..at + len]);
+                at += len;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Longer paths than this match no spec operation.
@@ -170,6 +288,63 @@ mod tests {
         );
         assert_eq!(id(Method::GET, "/v1/nothing"), None);
         assert_eq!(id(Method::GET, "/v1/users/"), None);
+    }
+
+    fn classify(method: Method, path: &str) -> (Option<&'static str>, Option<String>) {
+        let c = RouteTable::default().classify(&method, path);
+        (c.operation.map(|op| op.operation_id), c.canonical)
+    }
+
+    #[test]
+    fn other_spellings_reach_the_operation_and_name_its_spelling() {
+        let client = Some("retrieveUserClient");
+        for variant in [
+            "/v1/users/client/",
+            "/v1/Users/Client",
+            "/v1/USERS/CLIENT/",
+            "/v1/users/%63lient",
+            "/v1/users/client;x",
+            "/v1/users;/client;",
+        ] {
+            assert_eq!(
+                classify(Method::GET, variant),
+                (client, Some("/v1/users/client".to_string())),
+                "{variant}"
+            );
+        }
+        assert_eq!(classify(Method::GET, "/v1/users/client"), (client, None));
+        // Parameters keep their case; only escapes of unreserved characters are decoded.
+        assert_eq!(
+            classify(Method::PUT, "/v1/Users/client/secret"),
+            (
+                Some("generateClientSecret"),
+                Some("/v1/users/client/secret".into())
+            )
+        );
+        assert_eq!(
+            classify(Method::GET, "/v1/users/AbC%7e/"),
+            (Some("retrieveUser"), Some("/v1/users/AbC~".into()))
+        );
+        assert_eq!(
+            classify(Method::GET, "/v1/users/a%20b"),
+            (Some("retrieveUser"), None)
+        );
+        assert_eq!(
+            classify(
+                Method::POST,
+                "/v1/compute/instances/12/actions/RESETPASSWORD"
+            ),
+            (
+                Some("resetPasswordAction"),
+                Some("/v1/compute/instances/12/actions/resetPassword".into())
+            )
+        );
+        // Paths outside the spec: only what a router ignores is named.
+        assert_eq!(classify(Method::GET, "/v1/nothing"), (None, None));
+        assert_eq!(
+            classify(Method::GET, "/v1/Nothing/"),
+            (None, Some("/v1/Nothing".into()))
+        );
     }
 
     #[test]

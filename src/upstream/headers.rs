@@ -60,6 +60,27 @@ pub fn for_upstream(caller: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// The caller's headers that would make upstream answer with less than the whole, plain
+/// representation: a compressed one, a byte range, or nothing at all (304, 412).
+const PARTIAL_OR_CONDITIONAL: [HeaderName; 7] = [
+    header::ACCEPT_ENCODING,
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_MATCH,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+/// Asks for the whole, uncompressed answer: for answers the gateway reads to redact secrets or
+/// to cache. A byte range of a secret-bearing document (a bare slice of a JSON string) cannot be
+/// shown free of secrets.
+pub fn ask_whole(headers: &mut HeaderMap) {
+    for name in PARTIAL_OR_CONDITIONAL {
+        headers.remove(name);
+    }
+}
+
 /// Upstream's response headers made fit for the caller, in place: end-to-end headers only. The
 /// answer's own map is kept (no copy per call), and only the names it holds are looked at (usually
 /// Connection alone is removed).

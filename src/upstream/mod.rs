@@ -31,8 +31,9 @@ pub struct OutgoingCall<'a> {
     pub path_and_query: PathAndQuery,
     pub caller_headers: &'a HeaderMap,
     pub request_id: HeaderValue,
-    /// Ask for an uncompressed answer (drop the caller's Accept-Encoding).
-    pub uncompressed: bool,
+    /// The gateway reads the answer (to redact or cache it): ask for it whole and uncompressed,
+    /// without the caller's Accept-Encoding, Range or conditional headers.
+    pub read_whole: bool,
     pub body: Bytes,
 }
 
@@ -212,8 +213,8 @@ impl Upstream {
         let headers = request.headers_mut();
         *headers = headers::for_upstream(call.caller_headers);
         headers.insert(crate::request_id::HEADER, call.request_id.clone());
-        if call.uncompressed {
-            headers.remove(http::header::ACCEPT_ENCODING);
+        if call.read_whole {
+            headers::ask_whole(headers);
         }
         headers.insert(http::header::HOST, self.base.host.clone());
         headers.insert(http::header::AUTHORIZATION, bearer.clone());

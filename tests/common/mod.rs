@@ -73,8 +73,14 @@ impl Drop for TestGateway {
     }
 }
 
+/// One HTTP client per test thread (each test has its own thread and runtime, and a client's
+/// pooled connections belong to the runtime that opened them): building a client loads the
+/// platform's trust store, which takes tens of milliseconds, too long to do per call.
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    thread_local! {
+        static CLIENT: reqwest::Client = reqwest::Client::builder().no_proxy().build().unwrap();
+    }
+    CLIENT.with(reqwest::Client::clone)
 }
 
 fn client(name: &str, role: Role) -> (String, ClientConfig) {
