@@ -129,6 +129,7 @@ on_both_backends!(
     every_mutating_call_is_audited_with_its_client_and_request_id,
     refused_calls_are_recorded_as_rejected,
     secrets_are_never_stored,
+    secret_fields_query_parameters_and_user_data_stay_out_of_the_store_and_exports,
     filters_pagination_and_formats,
     verify_passes_and_finds_a_tampered_row,
     an_unwritable_store_refuses_mutating_calls_and_recovers,
@@ -410,6 +411,116 @@ async fn secrets_are_never_stored(backend: Backend) {
         assert!(!dump.contains(secret), "{secret} was stored");
     }
     assert!(dump.contains("[REDACTED]"));
+}
+
+async fn secret_fields_query_parameters_and_user_data_stay_out_of_the_store_and_exports(
+    backend: Backend,
+) {
+    let Some((gw, url)) = gateway(backend, |_| {}).await else {
+        return;
+    };
+    // A Secrets API value: `value` is a secret field of the route table, not in redact_keys.
+    send(
+        &gw,
+        Method::POST,
+        "/v1/secrets",
+        &gw.keys.admin,
+        Some(serde_json::json!({"name": "db", "type": "password", "value": "stored-value-77"})),
+        &rid(1),
+    )
+    .await;
+    // Secrets in the query string, and cloud-init with a password in it.
+    let cloud_init = "#cloud-config\nchpasswd:\n  list: root:userdata-pw-88\n";
+    send(
+        &gw,
+        Method::POST,
+        "/v1/compute/instances?password=query-pw-99&Token=query-token-11&period=1",
+        &gw.keys.admin,
+        Some(serde_json::json!({"imageId": "i", "productId": "V45", "userData": cloud_init})),
+        &rid(2),
+    )
+    .await;
+    // A refused call is audited too: a readonly key plants a formula in the query.
+    let planted = send(
+        &gw,
+        Method::POST,
+        "/v1/compute/instances?=HYPERLINK(\"http://example.invalid\")",
+        &gw.keys.readonly,
+        Some(serde_json::json!({"displayName": "@SUM(1+1)"})),
+        &rid(3),
+    )
+    .await;
+    assert_eq!(planted, 403);
+    gw.gateway.audit.flush().await;
+    let store = Store::open(&url).await.unwrap();
+    let stored: Vec<String> = store
+        .page(&Default::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    assert_eq!(stored.len(), 3);
+    let mut everything = stored.join("\n");
+    for format in ["json", "csv", "ndjson"] {
+        let export = http()
+            .get(format!("{}/_gateway/audit?format={format}", gw.url))
+            .bearer_auth(&gw.keys.auditor)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(export.status(), 200);
+        everything.push_str(&export.text().await.unwrap());
+    }
+    for secret in [
+        "stored-value-77",
+        "query-pw-99",
+        "query-token-11",
+        "userdata-pw-88",
+    ] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} was stored or exported"
+        );
+    }
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        cloud_init.as_bytes(),
+    ));
+    assert!(everything.contains(&digest), "userData digest missing");
+    assert!(everything.contains("password=[REDACTED]&Token=[REDACTED]&period=1"));
+
+    // CSV: a cell a spreadsheet would run as a formula opens as text.
+    let csv_text = http()
+        .get(format!("{}/_gateway/audit?format=csv", gw.url))
+        .bearer_auth(&gw.keys.auditor)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let query_column = headers.iter().position(|h| h == "query").unwrap();
+    let mut planted_cells = 0;
+    for row in reader.records() {
+        let row = row.unwrap();
+        for cell in row.iter() {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "a formula-like cell: {cell:?}"
+            );
+        }
+        if row[query_column].contains("HYPERLINK") {
+            assert!(
+                row[query_column].starts_with("'="),
+                "{:?}",
+                &row[query_column]
+            );
+            planted_cells += 1;
+        }
+    }
+    assert_eq!(planted_cells, 1);
 }
 
 async fn filters_pagination_and_formats(backend: Backend) {

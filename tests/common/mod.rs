@@ -2,6 +2,8 @@
 //! with one team key per role.
 #![allow(dead_code)]
 
+pub mod express;
+
 use std::sync::Arc;
 
 use contabo_gateway::app::{self, Gateway};
