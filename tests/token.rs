@@ -263,3 +263,89 @@ async fn an_unavailable_auth_server_answers_502() {
         200
     );
 }
+
+/// Calls at `per_second` for `run`, returning (seconds since start, status) of each.
+async fn drive(gw: &common::TestGateway, per_second: u32, run: Duration) -> Vec<(f64, u16)> {
+    let started = Instant::now();
+    let mut every = tokio::time::interval(Duration::from_secs(1) / per_second);
+    let mut calls = Vec::new();
+    while started.elapsed() < run {
+        every.tick().await;
+        let request = gw.get("/v1/compute/instances", &gw.keys.readonly).send();
+        calls.push(tokio::spawn(async move {
+            request.await.map(|r| r.status().as_u16()).unwrap_or(0)
+        }));
+    }
+    let mut out = Vec::new();
+    for (i, call) in calls.into_iter().enumerate() {
+        out.push((i as f64 / per_second as f64, call.await.unwrap()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_outage_from_the_start_costs_one_attempt_per_step_and_calls_recover_within_seconds() {
+    let gw = start_with(SandboxOptions::lifetimes(10.0, 60.0), |_| {}).await;
+    let faults = &gw.sandbox().faults;
+    faults.auth_down.store(true, Ordering::SeqCst);
+    let during = drive(&gw, 20, Duration::from_secs(8)).await;
+    assert!(during.iter().all(|(_, status)| *status == 502));
+    let attempts = count(&gw.sandbox().counters.unavailable_grants);
+    assert!(
+        (2..=8).contains(&attempts),
+        "{attempts} grant attempts during an 8 s outage at 20 calls/s"
+    );
+    faults.auth_down.store(false, Ordering::SeqCst);
+    let recovered = Instant::now();
+    let after = drive(&gw, 20, Duration::from_secs(6)).await;
+    let first_ok = after
+        .iter()
+        .find(|(_, status)| *status == 200)
+        .map(|(at, _)| *at)
+        .expect("no call succeeded after the token endpoint recovered");
+    assert!(
+        first_ok <= 5.0,
+        "the first call succeeded {first_ok:.1} s after recovery (measured from {:?})",
+        recovered.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_valid_token_serves_through_an_outage_of_renewals_without_hammering() {
+    // Renewal is due at 8 s, the token expires (with its margin) at 9 s.
+    let gw = start_with(SandboxOptions::lifetimes(10.0, 60.0), |_| {}).await;
+    assert_eq!(
+        gw.get_status("/v1/compute/instances", &gw.keys.readonly)
+            .await,
+        200
+    );
+    let got_token = Instant::now();
+    let faults = &gw.sandbox().faults;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    faults.auth_down.store(true, Ordering::SeqCst);
+    let during = drive(&gw, 20, Duration::from_secs(8)).await;
+    let attempts = count(&gw.sandbox().counters.unavailable_grants);
+    assert!(
+        (1..=8).contains(&attempts),
+        "{attempts} grant attempts during an 8 s outage at 20 calls/s"
+    );
+    // Until the token expires every call is served with it.
+    let valid_for = 8.5 - 7.0 - 0.2;
+    for (at, status) in &during {
+        if *at < valid_for {
+            assert_eq!(*status, 200, "a call {at:.2} s into the outage failed");
+        }
+    }
+    faults.auth_down.store(false, Ordering::SeqCst);
+    let after = drive(&gw, 20, Duration::from_secs(6)).await;
+    let first_ok = after
+        .iter()
+        .find(|(_, status)| *status == 200)
+        .map(|(at, _)| *at)
+        .expect("no call succeeded after the token endpoint recovered");
+    assert!(
+        first_ok <= 5.0,
+        "the first call succeeded {first_ok:.1} s after recovery ({:?} after the first token)",
+        got_token.elapsed()
+    );
+}

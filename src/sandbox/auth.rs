@@ -29,6 +29,10 @@ pub async fn token(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     if state.faults.auth_down.load(Ordering::SeqCst) {
+        state
+            .counters
+            .unavailable_grants
+            .fetch_add(1, Ordering::SeqCst);
         return (StatusCode::SERVICE_UNAVAILABLE, "auth server unavailable").into_response();
     }
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");

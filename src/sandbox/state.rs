@@ -117,6 +117,8 @@ pub struct Counters {
     pub password_grants: AtomicU64,
     pub refresh_grants: AtomicU64,
     pub refused_grants: AtomicU64,
+    /// Grant attempts answered 503 while `faults.auth_down` was on.
+    pub unavailable_grants: AtomicU64,
     /// /v1 calls that passed the token and request-id checks.
     pub api_calls: AtomicU64,
     /// /v1 calls answered 401.

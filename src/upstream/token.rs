@@ -5,7 +5,11 @@
 //! - Single-flight: one grant in flight however many calls wait; a call that finds the token due but
 //!   still valid does not wait for the renewal another call is already making.
 //! - A failing token endpoint or a refused credential answers 502 and backs off exponentially, so a
-//!   broken credential does not hammer the auth server.
+//!   broken credential does not hammer the auth server: at most one grant attempt per backoff step,
+//!   whichever call asks (also the renewal of a token that is still valid, which keeps serving
+//!   meanwhile). Steps are short while the endpoint is merely unavailable (at most
+//!   `MAX_UNAVAILABLE_BACKOFF`, and a quarter of a valid token's remaining life), so calls work
+//!   again within seconds of its recovery; a refused credential backs off up to a minute.
 //! - Tokens and secrets live in `secrecy` types (the bearer header is marked sensitive) and are never
 //!   logged.
 
@@ -24,8 +28,14 @@ use crate::error::GatewayError;
 const REFRESH_AT_FRACTION: f64 = 0.8;
 /// Share of the life kept as a margin against clock skew and time in flight.
 const EXPIRY_MARGIN_FRACTION: f64 = 0.1;
-/// Longest wait between grant attempts after failures.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Longest wait between grant attempts after the credential was refused (a 4xx: retrying soon
+/// would not help, and an auth server may lock an account that fails too often).
+const MAX_REFUSED_BACKOFF: Duration = Duration::from_secs(60);
+/// Longest wait between grant attempts while the token endpoint fails or cannot be reached: it
+/// bounds how long calls keep failing after it recovers.
+const MAX_UNAVAILABLE_BACKOFF: Duration = Duration::from_secs(4);
+/// Shortest step between renewal attempts of a token that is still valid.
+const MIN_RENEWAL_STEP: Duration = Duration::from_millis(500);
 
 struct Access {
     header: HeaderValue,
@@ -137,6 +147,10 @@ impl TokenManager {
                 if let Some((fresh, false)) = self.current(Instant::now()) {
                     return Ok(fresh);
                 }
+                if self.refuse_during_backoff().is_err() {
+                    // The last attempt failed and its step is not over: keep the valid token.
+                    return Ok(header);
+                }
                 return Ok(Box::pin(self.renew()).await.unwrap_or(header));
             }
             None => {}
@@ -211,13 +225,18 @@ impl TokenManager {
                 Err(GrantError::Refused(reason)) => {
                     tracing::info!(%reason, "refresh token refused; using the password grant");
                 }
-                Err(GrantError::Unavailable(reason)) => return Err(self.record_failure(reason)),
+                Err(GrantError::Unavailable(reason)) => {
+                    return Err(self.record_failure(reason, MAX_UNAVAILABLE_BACKOFF));
+                }
             }
         }
         match self.grant(Grant::Password).await {
             Ok(header) => Ok(header),
-            Err(GrantError::Refused(reason) | GrantError::Unavailable(reason)) => {
-                Err(self.record_failure(reason))
+            Err(GrantError::Refused(reason)) => {
+                Err(self.record_failure(reason, MAX_REFUSED_BACKOFF))
+            }
+            Err(GrantError::Unavailable(reason)) => {
+                Err(self.record_failure(reason, MAX_UNAVAILABLE_BACKOFF))
             }
         }
     }
@@ -324,13 +343,20 @@ impl TokenManager {
         Ok(header)
     }
 
-    fn record_failure(&self, reason: String) -> GatewayError {
+    /// Notes a failed attempt: the next one is due after a step that doubles with every failure
+    /// in a row (1 s, 2 s, 4 s ...) up to `cap`, and, while a token is still valid, within a
+    /// quarter of its remaining life (so renewal gets several more tries before it expires).
+    fn record_failure(&self, reason: String, cap: Duration) -> GatewayError {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.write().expect("token state lock");
+        let now = Instant::now();
         let consecutive = state.failure.as_ref().map_or(0, |f| f.consecutive) + 1;
-        let backoff = Duration::from_secs(1u64 << (consecutive - 1).min(6)).min(MAX_BACKOFF);
-        tracing::warn!(%reason, consecutive, backoff_secs = backoff.as_secs(), "Contabo token grant failed");
-        let until = Instant::now() + backoff;
+        let mut backoff = Duration::from_secs(1u64 << (consecutive - 1).min(6)).min(cap);
+        if let Some(access) = state.access.as_ref().filter(|a| now < a.expires_at) {
+            backoff = backoff.min(((access.expires_at - now) / 4).max(MIN_RENEWAL_STEP));
+        }
+        tracing::warn!(%reason, consecutive, backoff_secs = backoff.as_secs_f64(), "Contabo token grant failed");
+        let until = now + backoff;
         state.failure = Some(Failure {
             consecutive,
             until,
