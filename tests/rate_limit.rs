@@ -545,3 +545,35 @@ async fn losing_redis_falls_back_to_a_local_share_and_recovers() {
         "limits are kept in Redis again"
     );
 }
+
+#[tokio::test]
+async fn one_burst_of_concurrent_429s_makes_one_short_pause() {
+    let gw = Arc::new(throttled_gateway(2000, 0).await);
+    // Contabo answers the next 8 calls 429 without retry-after: one burst, all in flight at once.
+    gw.sandbox()
+        .faults
+        .throttle_next_calls
+        .store(8, Ordering::SeqCst);
+    let started = Instant::now();
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            let gw = gw.clone();
+            tokio::spawn(async move { gw.get_status(INSTANCES, &gw.keys.readonly).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in burst {
+        statuses.push(call.await.unwrap());
+    }
+    let took = started.elapsed();
+    // Each read was sent once more after the one pause, and served.
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "the burst held traffic for {took:?}"
+    );
+    assert_eq!(gw.gateway.limits.budget().paused_for(), None);
+    let next = Instant::now();
+    assert_eq!(gw.get_status(INSTANCES, &gw.keys.readonly).await, 200);
+    assert!(next.elapsed() < Duration::from_millis(500));
+}

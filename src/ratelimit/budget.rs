@@ -201,10 +201,13 @@ impl UpstreamBudget {
     }
 
     /// Contabo answered 429: hold every upstream call for `retry_after`, or for an exponential
-    /// backoff with jitter when it gave none. Returns the pause.
+    /// backoff with jitter when it gave none. Returns the pause. The concurrent 429s of one burst
+    /// (answers that arrive while the pause of the first is still on) make one pause: the backoff
+    /// grows only for a 429 that arrives after the previous pause ended.
     pub async fn upstream_limited(&self, retry_after: Option<Duration>) -> Duration {
         let pause = match retry_after {
             Some(wait) => wait,
+            None if let Some(left) = self.paused_for() => return left,
             None => {
                 let n = self.consecutive_429.fetch_add(1, Ordering::AcqRel).min(6);
                 let base = Duration::from_secs(1 << n).min(MAX_BACKOFF);
