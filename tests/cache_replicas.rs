@@ -200,3 +200,60 @@ async fn losing_redis_falls_back_to_the_short_ttl_and_recovers() {
     wait_for_redis(&gw.url, &admin, "connected").await;
     assert_eq!(cache_stats(&gw.url, &admin).await["ttl_secs"], 30.0);
 }
+
+#[tokio::test]
+async fn one_publish_timeout_on_a_frozen_redis_does_not_keep_the_link_down() {
+    let port = free_port();
+    let Some(redis) = PrivateRedis::start(port) else {
+        announce_skip(
+            "the frozen Redis cache test",
+            "redis-server is not installed",
+        );
+        return;
+    };
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
+    let gw = common::start_with(SandboxOptions::default(), |c| {
+        c.cache.redis_url = redis_url;
+    })
+    .await;
+    let admin = gw.keys.admin.clone();
+    wait_for_redis(&gw.url, &admin, "connected").await;
+    // Frozen: the subscription stays open, the publish of a write times out.
+    redis.signal("-STOP");
+    let user_id = gw.sandbox().owner_id();
+    let patched = gw
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/v1/users/{user_id}"),
+            &admin,
+        )
+        .json(&serde_json::json!({"firstName": "WhileFrozen"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    assert_eq!(
+        cache_stats(&gw.url, &admin).await["redis"],
+        "unreachable (short TTL in force)"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.signal("-CONT");
+    let resumed = Instant::now();
+    // Back without another write: within a few seconds, as /ready tells.
+    wait_for_redis(&gw.url, &admin, "connected").await;
+    assert!(
+        resumed.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        resumed.elapsed()
+    );
+    let ready: serde_json::Value = http()
+        .get(format!("{}/_gateway/ready", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["checks"]["redis"], "ok", "{ready}");
+    assert_eq!(cache_stats(&gw.url, &admin).await["ttl_secs"], 30.0);
+}

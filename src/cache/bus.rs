@@ -4,6 +4,11 @@
 //! the others. While Redis is unreachable the cache falls back to a short TTL (messages may be
 //! missed), the listener retries every second, and on reconnecting the replica drops its whole cache
 //! because it cannot know what it missed.
+//!
+//! The link is up while the subscription holds and the last command on the publishing connection
+//! succeeded: any failed or timed-out command marks it down, any success marks it up again. While
+//! a publish has failed, the listener pings Redis every second, so the link recovers without
+//! waiting for the next write.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -23,6 +28,11 @@ pub struct InvalidationBus {
     channel: String,
     replica: String,
     publisher: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// The subscription is established.
+    subscribed: AtomicBool,
+    /// The last command on the publishing connection succeeded (true until one fails).
+    publishing: AtomicBool,
+    /// What `is_connected` said last, to log transitions once.
     connected: AtomicBool,
     failure_logged: AtomicBool,
 }
@@ -51,6 +61,8 @@ impl InvalidationBus {
             channel: channel.to_string(),
             replica: uuid::Uuid::new_v4().to_string(),
             publisher: tokio::sync::Mutex::new(None),
+            subscribed: AtomicBool::new(false),
+            publishing: AtomicBool::new(true),
             connected: AtomicBool::new(false),
             failure_logged: AtomicBool::new(false),
         })
@@ -58,6 +70,14 @@ impl InvalidationBus {
 
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    /// Notes the state of one side of the link (the subscription or the publishing connection).
+    fn side(&self, side: &AtomicBool, up: bool, reason: &str) {
+        side.store(up, Ordering::SeqCst);
+        let connected =
+            self.subscribed.load(Ordering::SeqCst) && self.publishing.load(Ordering::SeqCst);
+        self.set_connected(connected, reason);
     }
 
     fn set_connected(&self, connected: bool, reason: &str) {
@@ -80,22 +100,60 @@ impl InvalidationBus {
     /// Publishes one invalidation; on failure the bus is marked down (short TTL) and the error logged.
     pub async fn publish(&self, group: CacheGroup) {
         let message = format!("{} {}", self.replica, group_name(group));
+        self.command("publish", |mut connection| {
+            let channel = self.channel.clone();
+            async move {
+                connection
+                    .publish::<_, _, i64>(&channel, &message)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await;
+    }
+
+    /// One command on the publishing connection (opened when needed) within `PUBLISH_TIMEOUT`; its
+    /// outcome marks that side of the link up or down.
+    async fn command<F, Fut>(&self, what: &str, run: F)
+    where
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<()>>,
+    {
         let attempt = async {
             let mut publisher = self.publisher.lock().await;
             if publisher.is_none() {
                 *publisher = Some(self.client.get_multiplexed_async_connection().await?);
             }
-            let connection = publisher.as_mut().expect("connected above");
-            let result: redis::RedisResult<i64> = connection.publish(&self.channel, &message).await;
+            let connection = publisher.clone().expect("connected above");
+            let result = run(connection).await;
             if result.is_err() {
                 *publisher = None;
             }
             result
         };
         match tokio::time::timeout(PUBLISH_TIMEOUT, attempt).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => self.set_connected(false, &format!("publish failed: {e}")),
-            Err(_) => self.set_connected(false, "publish timed out"),
+            Ok(Ok(())) => self.side(&self.publishing, true, ""),
+            Ok(Err(e)) => self.side(&self.publishing, false, &format!("{what} failed: {e}")),
+            Err(_) => {
+                // The connection may be stuck behind the unanswered command: start a new one.
+                if let Ok(mut publisher) = self.publisher.try_lock() {
+                    *publisher = None;
+                }
+                self.side(&self.publishing, false, &format!("{what} timed out"))
+            }
+        }
+    }
+
+    /// While the last publish failed: a PING, so the link comes back without a write.
+    async fn probe(&self) {
+        if !self.publishing.load(Ordering::SeqCst) {
+            self.command("ping", |mut connection| async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .map(|_| ())
+            })
+            .await;
         }
     }
 
@@ -114,12 +172,20 @@ impl InvalidationBus {
                                 Some(cache) => cache.invalidate_all_locally(),
                                 None => return,
                             }
-                            bus.set_connected(true, "");
+                            bus.side(&bus.subscribed, true, "");
                             let mut messages = pubsub.on_message();
-                            while let Some(message) = messages.next().await {
-                                let Some(cache) = cache.upgrade() else { return };
-                                let payload: String = message.get_payload().unwrap_or_default();
-                                bus.apply(&cache, &payload);
+                            let mut probe = tokio::time::interval(RECONNECT_DELAY);
+                            loop {
+                                tokio::select! {
+                                    message = messages.next() => {
+                                        let Some(message) = message else { break };
+                                        let Some(cache) = cache.upgrade() else { return };
+                                        let payload: String =
+                                            message.get_payload().unwrap_or_default();
+                                        bus.apply(&cache, &payload);
+                                    }
+                                    _ = probe.tick() => bus.probe().await,
+                                }
                             }
                             "the subscription ended".to_string()
                         }
@@ -127,7 +193,7 @@ impl InvalidationBus {
                     },
                     Err(e) => format!("connect failed: {e}"),
                 };
-                bus.set_connected(false, &reason);
+                bus.side(&bus.subscribed, false, &reason);
                 if cache.strong_count() == 0 {
                     return;
                 }

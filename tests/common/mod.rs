@@ -344,6 +344,17 @@ impl PrivateRedis {
         })
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: a frozen Redis accepts connections and
+    /// answers nothing.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis running").id();
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
