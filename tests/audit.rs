@@ -130,6 +130,8 @@ on_both_backends!(
     refused_calls_are_recorded_as_rejected,
     secrets_are_never_stored,
     secret_fields_query_parameters_and_user_data_stay_out_of_the_store_and_exports,
+    a_write_whose_caller_left_still_gets_its_outcome_recorded,
+    final_records_of_a_failed_batch_are_written_once_the_store_is_back,
     filters_pagination_and_formats,
     verify_passes_and_finds_a_tampered_row,
     an_unwritable_store_refuses_mutating_calls_and_recovers,
@@ -521,6 +523,99 @@ async fn secret_fields_query_parameters_and_user_data_stay_out_of_the_store_and_
         }
     }
     assert_eq!(planted_cells, 1);
+}
+
+async fn a_write_whose_caller_left_still_gets_its_outcome_recorded(backend: Backend) {
+    let Some((gw, _)) = gateway(backend, |_| {}).await else {
+        return;
+    };
+    let before = gw.sandbox().data.lock().unwrap().instances.len();
+    gw.sandbox()
+        .faults
+        .delay_ms
+        .store(1500, std::sync::atomic::Ordering::SeqCst);
+    // Callers that give up after half a second: each call is still made upstream.
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    for n in 1..=5 {
+        let gave_up = impatient
+            .post(format!("{}/v1/compute/instances", gw.url))
+            .bearer_auth(&gw.keys.admin)
+            .header("x-request-id", rid(n))
+            .json(&serde_json::json!({"period": n}))
+            .send()
+            .await;
+        assert!(gave_up.is_err(), "the caller was meant to give up");
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    gw.sandbox()
+        .faults
+        .delay_ms
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        gw.sandbox().data.lock().unwrap().instances.len(),
+        before + 5
+    );
+    let page = records(&gw, "").await;
+    let page = page["records"].as_array().unwrap();
+    assert_eq!(page.len(), 5, "{page:?}");
+    for record in page {
+        assert_eq!(record["outcome"], "forwarded", "{record}");
+        assert_eq!(record["status"], 201, "{record}");
+    }
+}
+
+async fn final_records_of_a_failed_batch_are_written_once_the_store_is_back(backend: Backend) {
+    let Some((gw, url)) = gateway(backend, |_| {}).await else {
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let dba = sqlx::AnyPool::connect(&url).await.unwrap();
+    gw.sandbox()
+        .faults
+        .delay_ms
+        .store(1000, std::sync::atomic::Ordering::SeqCst);
+    let in_flight = {
+        let request = gw
+            .request(Method::POST, "/v1/compute/instances", &gw.keys.admin)
+            .header("x-request-id", rid(1))
+            .json(&serde_json::json!({"period": 1}))
+            .send();
+        tokio::spawn(request)
+    };
+    // The pending record is committed; then the table goes away until the answer is in.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    sqlx::query("ALTER TABLE audit_records RENAME TO audit_records_away")
+        .execute(&dba)
+        .await
+        .unwrap();
+    let answer = in_flight.await.unwrap().unwrap();
+    assert_eq!(answer.status(), 201);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("ALTER TABLE audit_records_away RENAME TO audit_records")
+        .execute(&dba)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let store = Store::open(&url).await.unwrap();
+        let stored = store.page(&Default::default()).await.unwrap();
+        assert_eq!(stored.len(), 1);
+        if stored[0].outcome.as_str() == "forwarded" {
+            assert_eq!(stored[0].status, Some(201));
+            assert_eq!(store.verify().await.unwrap().first_broken_id, None);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the final record was dropped: {:?}",
+            stored[0]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn filters_pagination_and_formats(backend: Backend) {

@@ -303,3 +303,44 @@ async fn a_second_gateway_on_the_same_sqlite_file_is_refused_until_the_first_sto
         ]
     );
 }
+
+#[tokio::test]
+async fn a_call_cut_at_shutdown_gets_a_final_record_saying_interrupted() {
+    let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/audit.db", dir.path().display());
+    let (key, block) = admin_client_block("cut-test");
+    let config = format!("[server]\nshutdown_timeout_secs = 1\n\n{block}");
+    let mut gateway = spawn_gateway_process(&sandbox, &config, dir.path(), Some(&db));
+    // Upstream takes longer than the drain allows.
+    sandbox.state.faults.delay_ms.store(4000, Ordering::SeqCst);
+    let url = gateway.url.clone();
+    let in_flight = tokio::spawn(async move {
+        http()
+            .post(format!("{url}/v1/compute/instances"))
+            .bearer_auth(&key)
+            .header("x-request-id", "00000000-0000-4000-8000-000000000009")
+            .json(&serde_json::json!({"period": 1}))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = tokio::task::spawn_blocking(move || gateway.signal_and_wait("-TERM"))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let _ = in_flight.await;
+    let records = Store::open(&db)
+        .await
+        .unwrap()
+        .page(&Default::default())
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].outcome.as_str(), "interrupted");
+    assert_eq!(
+        records[0].request_id,
+        "00000000-0000-4000-8000-000000000009"
+    );
+    assert!(records[0].hash.is_some(), "the record is in the chain");
+}

@@ -30,7 +30,7 @@ const QUEUE: usize = 8192;
 
 pub struct AuditLog {
     config: AuditConfig,
-    bodies: BodyPolicy,
+    bodies: Arc<BodyPolicy>,
     ops: mpsc::Sender<Op>,
     health: Health,
     reader: tokio::sync::OnceCell<store::Store>,
@@ -50,11 +50,11 @@ impl AuditLog {
         }
         Self {
             config: config.clone(),
-            bodies: BodyPolicy::new(
+            bodies: Arc::new(BodyPolicy::new(
                 &redacted_keys(config),
                 config.max_body_bytes,
                 config.store_user_data,
-            ),
+            )),
             ops,
             health,
             reader: tokio::sync::OnceCell::new(),
@@ -96,8 +96,9 @@ impl AuditLog {
         }
     }
 
-    /// The audit trail of one call, or `None` when the call is not audited (not mutating).
-    pub fn trail(&self, call: &CallContext, parts: &Parts) -> Option<AuditTrail<'_>> {
+    /// The audit trail of one call, or `None` when the call is not audited (not mutating). It owns
+    /// what it needs, so it can outlive the caller's wait: a write's exchange runs to its end.
+    pub fn trail(&self, call: &CallContext, parts: &Parts) -> Option<AuditTrail> {
         // Every method but the safe ones: an unknown one (`post`, `FOO`) is refused, and the
         // refusal is on record like any other refused write.
         let mutating = ![Method::GET, Method::HEAD, Method::OPTIONS].contains(&parts.method);
@@ -139,18 +140,14 @@ impl AuditLog {
             hash: None,
         };
         Some(AuditTrail {
-            log: self,
+            ops: self.ops.clone(),
+            bodies: self.bodies.clone(),
+            fail_open: self.config.fail_open,
             record,
             started: Instant::now(),
             upstream_started: None,
+            finished: false,
         })
-    }
-
-    fn body(&self, body: &[u8], headers: &HeaderMap) -> String {
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        self.bodies.store(body, content_type)
     }
 }
 
@@ -166,22 +163,32 @@ fn redacted_keys(config: &AuditConfig) -> Vec<String> {
     keys
 }
 
-/// The record of one mutating call as it goes through the pipeline.
-pub struct AuditTrail<'a> {
-    log: &'a AuditLog,
+/// The record of one mutating call as it goes through the pipeline. Dropped before it was
+/// finalised (the gateway stopping mid-call), it sends its record as `interrupted`.
+pub struct AuditTrail {
+    ops: mpsc::Sender<Op>,
+    bodies: Arc<BodyPolicy>,
+    fail_open: bool,
     record: AuditRecord,
     started: Instant,
     upstream_started: Option<Instant>,
+    finished: bool,
 }
 
-impl AuditTrail<'_> {
+impl AuditTrail {
+    fn body(&self, body: &[u8], headers: &HeaderMap) -> String {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        self.bodies.store(body, content_type)
+    }
+
     /// Commits the pending record before the call is forwarded. When the store cannot be written
     /// the call is refused (503) unless `audit.fail_open`.
     pub async fn begin(&mut self, body: &[u8], headers: &HeaderMap) -> Result<(), GatewayError> {
-        self.record.request_body = self.log.body(body, headers);
+        self.record.request_body = self.body(body, headers);
         let (reply, committed) = oneshot::channel();
         let sent = self
-            .log
             .ops
             .send(Op::Begin {
                 record: self.record.clone(),
@@ -200,7 +207,7 @@ impl AuditTrail<'_> {
                 self.upstream_started = Some(Instant::now());
                 Ok(())
             }
-            Err(reason) if self.log.config.fail_open => {
+            Err(reason) if self.fail_open => {
                 tracing::error!(%reason, "audit store unwritable; forwarding anyway (audit.fail_open)");
                 self.upstream_started = Some(Instant::now());
                 Ok(())
@@ -213,7 +220,7 @@ impl AuditTrail<'_> {
     pub async fn forwarded(mut self, status: u16, body: &[u8], headers: &HeaderMap) {
         self.record.outcome = Outcome::Forwarded;
         self.record.status = Some(status as i64);
-        self.record.response_body = self.log.body(body, headers);
+        self.record.response_body = self.body(body, headers);
         self.finish().await;
     }
 
@@ -238,15 +245,45 @@ impl AuditTrail<'_> {
     /// Sends the final record to the writer (a record without a pending row, as after a refusal or
     /// a fail-open begin, is inserted final).
     async fn finish(mut self) {
-        self.record.duration_ms = Some(millis(self.started.elapsed()));
-        self.record.upstream_ms = self.upstream_started.map(|t| millis(t.elapsed()));
+        self.finished = true;
+        let record = self.final_record();
         let _ = self
-            .log
             .ops
             .send(Op::Finish {
-                record: self.record,
+                record,
                 reply: None,
             })
             .await;
+    }
+
+    fn final_record(&mut self) -> AuditRecord {
+        self.record.duration_ms = Some(millis(self.started.elapsed()));
+        self.record.upstream_ms = self.upstream_started.map(|t| millis(t.elapsed()));
+        self.record.clone()
+    }
+}
+
+impl Drop for AuditTrail {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Refusals and answers finish the trail; only a call cut off by the gateway itself
+        // (shutdown past its drain timeout, a panic) gets here.
+        self.record.outcome = Outcome::Interrupted;
+        let record = self.final_record();
+        if self
+            .ops
+            .try_send(Op::Finish {
+                record,
+                reply: None,
+            })
+            .is_err()
+        {
+            tracing::error!(
+                request_id = %self.record.request_id,
+                "an interrupted call's audit record could not be queued; it stays pending"
+            );
+        }
     }
 }

@@ -16,6 +16,8 @@ pub enum Outcome {
     Rejected,
     UpstreamError,
     GatewayError,
+    /// The gateway stopped (shutdown, a crash of the call) before the call's outcome was known.
+    Interrupted,
 }
 
 impl Outcome {
@@ -26,6 +28,7 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::UpstreamError => "upstream_error",
             Outcome::GatewayError => "gateway_error",
+            Outcome::Interrupted => "interrupted",
         }
     }
 
@@ -36,6 +39,7 @@ impl Outcome {
             Outcome::Rejected,
             Outcome::UpstreamError,
             Outcome::GatewayError,
+            Outcome::Interrupted,
         ]
         .into_iter()
         .find(|o| o.as_str() == s)

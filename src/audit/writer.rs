@@ -1,7 +1,9 @@
 //! The single writer of the audit store: group commit. Records waiting to be written are taken
 //! together into one transaction, so durability costs one commit (one fsync) per batch, not per
 //! call; chain appends happen here, in order. While the store cannot be opened, every write is
-//! answered with the reason and the writer retries in the background.
+//! answered with the reason and the writer retries in the background. A final record whose batch
+//! failed is kept and written again with the next batch (at least once a second): the call it
+//! records was answered, so it must not be lost.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -44,19 +46,32 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
     let mut conn = None;
     // The chain's tail after the last batch, when this writer may rely on it (see `write`).
     let mut tail = None;
+    // Final records of failed batches, written again with the next one.
+    let mut carried: Vec<Op> = Vec::new();
+    let mut closed = false;
     loop {
-        let first = match store {
-            Some(_) => ops.recv().await,
-            None => match tokio::time::timeout(RETRY_EVERY, ops.recv()).await {
+        let first = if store.is_some() && carried.is_empty() {
+            ops.recv().await
+        } else {
+            match tokio::time::timeout(RETRY_EVERY, ops.recv()).await {
                 Ok(op) => op,
                 Err(_) => {
-                    store = open(&url, &mut claim, &health).await;
-                    continue;
+                    if store.is_none() {
+                        store = open(&url, &mut claim, &health).await;
+                    }
+                    if carried.is_empty() || store.is_none() {
+                        continue;
+                    }
+                    None
                 }
-            },
+            }
         };
-        let Some(first) = first else { break };
-        let mut batch = vec![first];
+        if first.is_none() && carried.is_empty() {
+            break;
+        }
+        closed |= first.is_none() && ops.is_closed();
+        let mut batch = std::mem::take(&mut carried);
+        batch.extend(first);
         while batch.len() < MAX_BATCH {
             match ops.try_recv() {
                 Ok(op) => batch.push(op),
@@ -73,6 +88,7 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
             reply(batch, Ok(()));
             continue;
         }
+        let assigned_ids: Vec<i64> = batch.iter().map(op_id).collect();
         let result = match &store {
             Some(s) => write(s, &mut conn, &mut tail, &mut batch)
                 .await
@@ -96,9 +112,54 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
             store = None;
             conn = None;
             tail = None;
+            if !closed {
+                carried = keep_final_records(&mut batch, &assigned_ids);
+            }
         }
         reply(batch, result);
     }
+}
+
+fn op_id(op: &Op) -> i64 {
+    match op {
+        Op::Begin { record, .. } | Op::Finish { record, .. } => record.id,
+        Op::Flush { .. } => 0,
+    }
+}
+
+/// Takes the final records nobody waits for out of a failed batch, as they were before it (no
+/// chain position; no id when the batch gave them one), to be written again.
+fn keep_final_records(batch: &mut Vec<Op>, ids_before: &[i64]) -> Vec<Op> {
+    let mut kept = Vec::new();
+    let mut index = 0;
+    batch.retain_mut(|op| {
+        let id_before = ids_before[index];
+        index += 1;
+        match op {
+            Op::Finish {
+                record,
+                reply: None,
+            } => {
+                record.id = id_before;
+                record.seq = None;
+                record.prev_hash = None;
+                record.hash = None;
+                kept.push(Op::Finish {
+                    record: record.clone(),
+                    reply: None,
+                });
+                false
+            }
+            _ => true,
+        }
+    });
+    if !kept.is_empty() {
+        tracing::warn!(
+            records = kept.len(),
+            "final audit records kept to be written again once the store can be written"
+        );
+    }
+    kept
 }
 
 async fn open(url: &str, claim: &mut Option<WriterClaim>, health: &Health) -> Option<Store> {
@@ -233,7 +294,7 @@ fn reply(batch: Vec<Op>, result: Result<(), String>) {
                 record,
             } => {
                 if result.is_err() {
-                    tracing::error!(request_id = %record.request_id, "an audit record could not be finalised; it stays pending");
+                    tracing::error!(request_id = %record.request_id, "an audit record could not be finalised before the writer stopped; it stays pending");
                 }
             }
             Op::Flush { reply } => {

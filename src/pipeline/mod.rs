@@ -121,7 +121,7 @@ struct CallLabels {
 }
 
 async fn run(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     request: Request,
     request_id: RequestId,
     started: Instant,
@@ -155,7 +155,23 @@ async fn run(
             return Err(refusal);
         }
     };
-    let mut response = proceed(gw, &call, &parts, body, trail).await?;
+    let mut response = match trail {
+        // A write's outcome is recorded whether or not its caller waits for it: its exchange runs
+        // in a task of its own, which a caller that disconnects does not cancel.
+        Some(trail) => {
+            let gw = gw.clone();
+            let write = async move { proceed(&gw, &call, &parts, body, Some(trail)).await };
+            tokio::spawn(write.instrument(tracing::Span::current()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(GatewayError::Internal(
+                        "the call failed inside the gateway; its audit record says interrupted"
+                            .into(),
+                    ))
+                })?
+        }
+        None => proceed(gw, &call, &parts, body, None).await?,
+    };
     if let Some(quota) = quota {
         quota.apply(response.headers_mut());
     }
@@ -168,7 +184,7 @@ async fn proceed(
     call: &CallContext,
     parts: &Parts,
     body: bytes::Bytes,
-    mut trail: Option<Box<AuditTrail<'_>>>,
+    mut trail: Option<Box<AuditTrail>>,
 ) -> Result<Response, GatewayError> {
     let cacheable = call
         .route
