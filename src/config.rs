@@ -154,6 +154,9 @@ pub struct AuditConfig {
     pub retention_days: u64,
     /// Store `userData` (cloud-init) as sent instead of as its SHA-256 and size.
     pub store_user_data: bool,
+    /// Longest wait for any store operation (a pending record's commit, a batch, a probe, an
+    /// open); past it the call gets 503 and the store is reported down.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for AuditConfig {
@@ -177,6 +180,7 @@ impl Default for AuditConfig {
             .to_vec(),
             retention_days: 0,
             store_user_data: false,
+            write_timeout_ms: 2000,
         }
     }
 }
@@ -407,6 +411,12 @@ impl Config {
         problems.extend(self.cache_problems());
         if let Err(problem) = crate::audit::store::backend_of(&self.audit.database_url) {
             problems.push(problem);
+        }
+        if self.audit.write_timeout_ms < 50 {
+            problems.push(format!(
+                "audit.write_timeout_ms = {} is too short for any store; use at least 50 (default 2000)",
+                self.audit.write_timeout_ms
+            ));
         }
         if self.audit.max_body_bytes == 0 {
             problems.push("audit.max_body_bytes must be at least 1".into());

@@ -13,7 +13,7 @@ pub mod store;
 mod writer;
 
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::request::Parts;
 use http::{HeaderMap, Method, header};
@@ -46,6 +46,7 @@ impl AuditLog {
                 config.database_url.clone(),
                 receiver,
                 health.clone(),
+                Duration::from_millis(config.write_timeout_ms),
             ));
         }
         Self {
@@ -140,6 +141,8 @@ impl AuditLog {
             hash: None,
         };
         Some(AuditTrail {
+            health: self.health.clone(),
+            deadline: Duration::from_millis(self.config.write_timeout_ms),
             ops: self.ops.clone(),
             bodies: self.bodies.clone(),
             fail_open: self.config.fail_open,
@@ -166,6 +169,9 @@ fn redacted_keys(config: &AuditConfig) -> Vec<String> {
 /// The record of one mutating call as it goes through the pipeline. Dropped before it was
 /// finalised (the gateway stopping mid-call), it sends its record as `interrupted`.
 pub struct AuditTrail {
+    health: Health,
+    /// `audit.write_timeout_ms`: how long a call waits for its pending record.
+    deadline: Duration,
     ops: mpsc::Sender<Op>,
     bodies: Arc<BodyPolicy>,
     fail_open: bool,
@@ -187,19 +193,11 @@ impl AuditTrail {
     /// the call is refused (503) unless `audit.fail_open`.
     pub async fn begin(&mut self, body: &[u8], headers: &HeaderMap) -> Result<(), GatewayError> {
         self.record.request_body = self.body(body, headers);
-        let (reply, committed) = oneshot::channel();
-        let sent = self
-            .ops
-            .send(Op::Begin {
-                record: self.record.clone(),
-                reply,
-            })
-            .await;
-        let result = match sent {
-            Ok(()) => committed
-                .await
-                .unwrap_or_else(|_| Err("the audit writer stopped".into())),
-            Err(_) => Err("the audit writer stopped".into()),
+        let known = self.health.read().expect("health lock").clone();
+        let result = match known {
+            // Known to be down: refused at once, not after the deadline.
+            Err(reason) => Err(reason),
+            Ok(()) => self.commit_pending().await,
         };
         match result {
             Ok(id) => {
@@ -212,7 +210,42 @@ impl AuditTrail {
                 self.upstream_started = Some(Instant::now());
                 Ok(())
             }
-            Err(reason) => Err(GatewayError::AuditUnavailable(reason)),
+            Err(reason) => {
+                // Nothing was forwarded and no pending row stands for this call (the writer
+                // finalises one it commits after the deadline as rejected).
+                self.finished = true;
+                Err(GatewayError::AuditUnavailable(reason))
+            }
+        }
+    }
+
+    /// Sends the pending record and waits for its commit, at most `audit.write_timeout_ms`; past
+    /// it the store is reported down.
+    async fn commit_pending(&self) -> Result<i64, String> {
+        let (reply, committed) = oneshot::channel();
+        let begin = Op::Begin {
+            record: self.record.clone(),
+            reply,
+        };
+        let wait = async {
+            self.ops
+                .send(begin)
+                .await
+                .map_err(|_| "the audit writer stopped".to_string())?;
+            committed
+                .await
+                .unwrap_or_else(|_| Err("the audit writer stopped".into()))
+        };
+        match tokio::time::timeout(self.deadline, wait).await {
+            Ok(result) => result,
+            Err(_) => {
+                let reason = format!(
+                    "the audit store did not commit within audit.write_timeout_ms ({} ms)",
+                    self.deadline.as_millis()
+                );
+                *self.health.write().expect("health lock") = Err(reason.clone());
+                Err(reason)
+            }
         }
     }
 

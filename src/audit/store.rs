@@ -118,6 +118,27 @@ impl Store {
         self.pool.acquire().await
     }
 
+    /// Proves the store answers: `SELECT 1`, or with `write` on SQLite a real write (the
+    /// database header's user_version moved on; a full disk fails it).
+    pub async fn probe(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        write: bool,
+    ) -> Result<(), sqlx::Error> {
+        if write && self.backend == Backend::Sqlite {
+            let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+                .fetch_one(&mut *conn)
+                .await?;
+            let next = (version + 1) % 1_000_000;
+            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {next}")))
+                .execute(&mut *conn)
+                .await?;
+            return Ok(());
+        }
+        sqlx::query("SELECT 1").execute(&mut *conn).await?;
+        Ok(())
+    }
+
     /// A transaction that changes the chain (pruning its start): on PostgreSQL under the same
     /// advisory lock as the writers' appends.
     pub async fn begin<'c>(

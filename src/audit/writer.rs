@@ -37,10 +37,11 @@ pub enum Op {
 /// Whether the store can be written, and why not.
 pub type Health = Arc<RwLock<Result<(), String>>>;
 
-pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
+pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health, deadline: Duration) {
     // This process's right to write a SQLite file, held for the writer's life once taken.
     let mut claim = None;
-    let mut store = open(&url, &mut claim, &health).await;
+    let mut ever_up = false;
+    let mut store = open(&url, &mut claim, &health, deadline, &mut ever_up).await;
     // The writer's own connection, taken from the store's pool on the first batch and kept until a
     // write fails.
     let mut conn = None;
@@ -50,20 +51,26 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
     let mut carried: Vec<Op> = Vec::new();
     let mut closed = false;
     loop {
-        let first = if store.is_some() && carried.is_empty() {
-            ops.recv().await
-        } else {
-            match tokio::time::timeout(RETRY_EVERY, ops.recv()).await {
-                Ok(op) => op,
-                Err(_) => {
-                    if store.is_none() {
-                        store = open(&url, &mut claim, &health).await;
+        // Nothing to do for a second: a store that is up is probed (a frozen or stopped database
+        // shows in /ready without traffic), one that is down is opened again.
+        let first = match tokio::time::timeout(RETRY_EVERY, ops.recv()).await {
+            Ok(op) => op,
+            Err(_) => {
+                match &store {
+                    None => {
+                        store = open(&url, &mut claim, &health, deadline, &mut ever_up).await;
                     }
-                    if carried.is_empty() || store.is_none() {
-                        continue;
+                    Some(s) => {
+                        if let Err(reason) = probe(s, &mut conn, deadline, false).await {
+                            mark_down(&health, &reason);
+                            (store, conn, tail) = (None, None, None);
+                        }
                     }
-                    None
                 }
+                if carried.is_empty() || store.is_none() {
+                    continue;
+                }
+                None
             }
         };
         if first.is_none() && carried.is_empty() {
@@ -78,21 +85,28 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
                 Err(_) => break,
             }
         }
-        if store.is_none() {
-            store = open(&url, &mut claim, &health).await;
-        }
         let started = std::time::Instant::now();
         // A batch of flushes alone (an audit query waiting for what came before it) has nothing
         // to write: everything before it was written with earlier batches.
         if batch.iter().all(|op| matches!(op, Op::Flush { .. })) {
-            reply(batch, Ok(()));
+            reply(batch, Ok(()), &mut carried);
             continue;
         }
         let assigned_ids: Vec<i64> = batch.iter().map(op_id).collect();
         let result = match &store {
-            Some(s) => write(s, &mut conn, &mut tail, &mut batch)
-                .await
-                .map_err(|e| format!("the audit store could not be written: {e}")),
+            Some(s) => {
+                match tokio::time::timeout(deadline, write(s, &mut conn, &mut tail, &mut batch))
+                    .await
+                {
+                    Ok(written) => {
+                        written.map_err(|e| format!("the audit store could not be written: {e}"))
+                    }
+                    Err(_) => Err(format!(
+                        "the audit store did not complete a write within audit.write_timeout_ms ({} ms)",
+                        deadline.as_millis()
+                    )),
+                }
+            }
             None => Err(health
                 .read()
                 .expect("health lock")
@@ -106,17 +120,64 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health) {
             "audit batch written"
         );
         crate::metrics::audit_batch(batch.len(), started.elapsed(), result.is_ok());
-        if let Err(reason) = &result {
-            tracing::error!(%reason, records = batch.len(), "audit write failed");
-            *health.write().expect("health lock") = Err(reason.clone());
-            store = None;
-            conn = None;
-            tail = None;
-            if !closed {
-                carried = keep_final_records(&mut batch, &assigned_ids);
+        match &result {
+            Ok(()) => mark_up(&health, &mut ever_up),
+            Err(reason) => {
+                tracing::error!(%reason, records = batch.len(), "audit write failed");
+                mark_down(&health, reason);
+                (store, conn, tail) = (None, None, None);
+                if !closed {
+                    carried = keep_final_records(&mut batch, &assigned_ids);
+                }
             }
         }
-        reply(batch, result);
+        reply(batch, result, &mut carried);
+    }
+}
+
+/// The store can be written: say so (once, when it was down after having been up).
+fn mark_up(health: &Health, ever_up: &mut bool) {
+    let was_down = health.read().expect("health lock").is_err();
+    if was_down {
+        *health.write().expect("health lock") = Ok(());
+        if *ever_up {
+            tracing::info!("the audit store is writable again");
+        }
+    }
+    *ever_up = true;
+}
+
+fn mark_down(health: &Health, reason: &str) {
+    let mut current = health.write().expect("health lock");
+    if current.as_ref().err().map(String::as_str) != Some(reason) {
+        *current = Err(reason.to_string());
+    }
+}
+
+/// One probe of the store within the deadline: a write while it is coming back (so readiness
+/// means a write succeeded, not only that a connection opened), a read while it is up.
+async fn probe(
+    store: &Store,
+    conn: &mut Option<PoolConnection<sqlx::Any>>,
+    deadline: Duration,
+    write: bool,
+) -> Result<(), String> {
+    let attempt = async {
+        if conn.is_none() {
+            *conn = Some(store.writer_connection().await?);
+        }
+        let conn = conn
+            .as_mut()
+            .expect("the writer's connection was just taken");
+        store.probe(conn, write).await
+    };
+    match tokio::time::timeout(deadline, attempt).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("the audit store failed a probe: {e}")),
+        Err(_) => Err(format!(
+            "the audit store did not answer a probe within audit.write_timeout_ms ({} ms)",
+            deadline.as_millis()
+        )),
     }
 }
 
@@ -162,35 +223,59 @@ fn keep_final_records(batch: &mut Vec<Op>, ids_before: &[i64]) -> Vec<Op> {
     kept
 }
 
-async fn open(url: &str, claim: &mut Option<WriterClaim>, health: &Health) -> Option<Store> {
+/// Opens the store (within the deadline) and proves it writable with a probe write; only then is
+/// it reported up.
+async fn open(
+    url: &str,
+    claim: &mut Option<WriterClaim>,
+    health: &Health,
+    deadline: Duration,
+    ever_up: &mut bool,
+) -> Option<Store> {
     let opened = match claim {
-        Some(_) => Store::open(url).await,
+        Some(_) => open_within(url, deadline).await,
         None => match WriterClaim::take(url) {
             Ok(taken) => {
                 *claim = Some(taken);
-                Store::open(url).await
+                open_within(url, deadline).await
             }
             Err(reason) => Err(reason),
         },
     };
+    let opened = match opened {
+        Ok(store) => {
+            let mut conn = None;
+            probe(&store, &mut conn, deadline, true)
+                .await
+                .map(|()| store)
+        }
+        Err(reason) => Err(reason),
+    };
     match opened {
         Ok(store) => {
-            let was_down = health.read().expect("health lock").is_err();
-            *health.write().expect("health lock") = Ok(());
-            if was_down {
-                tracing::info!("the audit store is writable again");
-            }
+            mark_up(health, ever_up);
             Some(store)
         }
         Err(reason) => {
-            let mut current = health.write().expect("health lock");
-            if current.as_ref().err() != Some(&reason) {
-                tracing::error!(%reason, "the audit store cannot be opened; mutating calls are refused (fail closed) until it can");
+            let unchanged = health.read().expect("health lock").as_ref().err() == Some(&reason);
+            if !unchanged {
+                tracing::error!(%reason, "the audit store cannot be written; mutating calls are refused (fail closed) until it can");
             }
-            *current = Err(reason);
+            mark_down(health, &reason);
             None
         }
     }
+}
+
+async fn open_within(url: &str, deadline: Duration) -> Result<Store, String> {
+    tokio::time::timeout(deadline, Store::open(url))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "the audit store could not be opened within audit.write_timeout_ms ({} ms)",
+                deadline.as_millis()
+            ))
+        })
 }
 
 /// Writes the batch in one transaction: ids and chain positions are assigned here, in order, then
@@ -278,11 +363,27 @@ fn records(batch: &[Op]) -> Vec<&AuditRecord> {
         .collect()
 }
 
-fn reply(batch: Vec<Op>, result: Result<(), String>) {
+/// Answers every op of a written (or failed) batch. A pending record committed for a caller that
+/// stopped waiting (its write deadline passed) is finalised as rejected: that call was refused
+/// with 503 and never forwarded.
+fn reply(batch: Vec<Op>, result: Result<(), String>, carried: &mut Vec<Op>) {
     for op in batch {
         match op {
-            Op::Begin { record, reply } => {
-                let _ = reply.send(result.clone().map(|_| record.id));
+            Op::Begin { mut record, reply } => {
+                if reply.send(result.clone().map(|_| record.id)).is_err() && result.is_ok() {
+                    record.outcome = super::record::Outcome::Rejected;
+                    record.status = Some(503);
+                    record.response_body = serde_json::json!({
+                        "error": "audit_unavailable",
+                        "message": "the audit store did not commit the pending record within \
+                                    audit.write_timeout_ms; the call was refused"
+                    })
+                    .to_string();
+                    carried.push(Op::Finish {
+                        record,
+                        reply: None,
+                    });
+                }
             }
             Op::Finish {
                 reply: Some(reply), ..

@@ -301,8 +301,14 @@ mod tests {
     async fn backoff_without_retry_after_grows() {
         let budget = budget(100.0, 10);
         let first = budget.upstream_limited(None).await;
-        let second = budget.upstream_limited(None).await;
         assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
+        // Another 429 of the same burst, during the pause: the same pause, not a longer one.
+        let same_burst = budget.upstream_limited(None).await;
+        assert!(same_burst <= first);
+        assert_eq!(budget.consecutive_429.load(Ordering::Relaxed), 1);
+        // A 429 after the pause ended: the pause doubles.
+        budget.paused_until_ms.store(0, Ordering::Release);
+        let second = budget.upstream_limited(None).await;
         assert!(second >= Duration::from_secs(1) && second <= Duration::from_secs(2));
         assert!(budget.paused_for().is_some());
         budget.upstream_answered();
