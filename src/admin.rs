@@ -108,7 +108,11 @@ impl FromRequestParts<Arc<Gateway>> for AuditReader {
 /// The call's request id when the caller's role is one of `roles`, the refusal otherwise.
 fn permit(parts: &Parts, gw: &Gateway, roles: &[Role]) -> Result<RequestId, Refusal> {
     let (request_id, _) = RequestId::from_headers(&parts.headers);
-    let error = match identify(gw, parts) {
+    let address = parts
+        .extensions
+        .get::<crate::app::ClientAddr>()
+        .map(|a| a.0.ip());
+    let error = match identify(gw, &parts.headers, address) {
         Ok(client) if roles.contains(&client.role) => return Ok(request_id),
         Ok(client) => GatewayError::Forbidden {
             role: client.role.as_str(),

@@ -119,10 +119,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 async fn serve_contabo_call(
     gateway: Arc<Gateway>,
     request: axum::extract::Request,
+    peer: SocketAddr,
 ) -> Result<axum::response::Response, std::convert::Infallible> {
     use futures_util::FutureExt;
-    let call =
-        std::panic::AssertUnwindSafe(pipeline::handle(axum::extract::State(gateway), request));
+    let call = std::panic::AssertUnwindSafe(pipeline::handle(gateway, request, Some(peer)));
     Ok(call
         .catch_unwind()
         .await
@@ -245,7 +245,8 @@ fn refuse_a_served_port(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
-/// The caller's address (the audit records it; the 401 throttle counts by it).
+/// The caller's address for the router's endpoints (the 401 throttle counts by it); Contabo calls
+/// get it straight from the connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
@@ -294,15 +295,15 @@ async fn accept_loop(
         let gateway = gateway.clone();
         let calls = activity.clone();
         let service =
-            hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let call = calls.call();
-                request.extensions_mut().insert(ClientAddr(peer));
-                let request = request.map(axum::body::Body::new);
+                let mut request = request.map(axum::body::Body::new);
                 let answer = if pipeline::is_contabo_call(request.uri().path()) {
                     // Boxed: hyper keeps the call's future where it is instead of moving its
                     // kilobytes into the connection's state.
-                    Either::Left(Box::pin(serve_contabo_call(gateway.clone(), request)))
+                    Either::Left(Box::pin(serve_contabo_call(gateway.clone(), request, peer)))
                 } else {
+                    request.extensions_mut().insert(ClientAddr(peer));
                     Either::Right(router.clone().oneshot(request))
                 };
                 async move {

@@ -6,7 +6,9 @@
 //!
 //! hyper's own header timeout also runs while a connection is idle between calls, so it cannot
 //! tell the two limits apart; here the socket's reads and writes and the calls in flight are
-//! watched instead, and a watchdog sleeps until the nearest deadline.
+//! watched instead, and a watchdog sleeps until the nearest deadline. Reading the clock is left to
+//! the few moments that need it (a head's first byte, a call's end, the watchdog waking), not
+//! every read and write.
 
 use std::io;
 use std::pin::Pin;
@@ -31,8 +33,10 @@ pub struct Activity {
     opened: Instant,
     /// Calls whose answer has not been handed to hyper yet.
     calls: AtomicUsize,
-    /// Milliseconds since `opened` of the last byte read or written.
-    last_io: AtomicU64,
+    /// Reads and writes so far: the watchdog tells activity from silence by it changing.
+    io_events: AtomicU64,
+    /// Milliseconds since `opened` when the connection last became idle (or was seen busy).
+    idle_since: AtomicU64,
     /// Milliseconds since `opened` (+1, 0 = none) of the first byte of a head not yet complete.
     head_started: AtomicU64,
     /// Whether a call was made on this connection (then the idle limit applies between calls).
@@ -44,7 +48,8 @@ impl Activity {
         Arc::new(Self {
             opened: Instant::now(),
             calls: AtomicUsize::new(0),
-            last_io: AtomicU64::new(0),
+            io_events: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             served: AtomicBool::new(false),
         })
@@ -59,13 +64,13 @@ impl Activity {
     }
 
     fn io(&self, read: bool) {
-        let now = self.now_ms();
-        self.last_io.store(now, Ordering::Relaxed);
+        self.io_events.fetch_add(1, Ordering::Relaxed);
         if read
             && self.calls.load(Ordering::Relaxed) == 0
             && self.head_started.load(Ordering::Relaxed) == 0
         {
-            self.head_started.store(now + 1, Ordering::Relaxed);
+            self.head_started
+                .store(self.now_ms() + 1, Ordering::Relaxed);
         }
     }
 
@@ -92,13 +97,23 @@ impl Activity {
         } else {
             limits.header
         };
-        Some(self.at(self.last_io.load(Ordering::Relaxed)) + limit)
+        Some(self.at(self.idle_since.load(Ordering::Relaxed)) + limit)
     }
 
     /// Resolves when the connection has overstayed a limit: a head that took too long, or no call
     /// for too long.
     pub async fn overstayed(self: Arc<Self>, limits: Limits) {
+        let mut seen = self.io_events.load(Ordering::Relaxed);
         loop {
+            let events = self.io_events.load(Ordering::Relaxed);
+            if events != seen {
+                seen = events;
+                // Bytes moved without a head being read (an answer still streaming out): the
+                // connection is not idle.
+                if self.head_started.load(Ordering::Relaxed) == 0 {
+                    self.idle_since.store(self.now_ms(), Ordering::Relaxed);
+                }
+            }
             match self.deadline(limits) {
                 // A call is being served: its own deadlines (upstream timeout) bound it.
                 None => tokio::time::sleep(limits.idle.min(limits.header)).await,
@@ -115,7 +130,9 @@ pub struct CallGuard(Arc<Activity>);
 impl Drop for CallGuard {
     fn drop(&mut self) {
         let activity = &self.0;
-        activity.last_io.store(activity.now_ms(), Ordering::Relaxed);
+        activity
+            .idle_since
+            .store(activity.now_ms(), Ordering::Relaxed);
         activity.calls.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -1069,3 +1069,219 @@ async fn retention_pruning_leaves_a_chain_that_still_verifies() {
         Some(before[3].id)
     );
 }
+
+async fn ready(gw: &TestGateway) -> (u16, serde_json::Value) {
+    let response = http()
+        .get(format!("{}/_gateway/ready", gw.url))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, json(response).await)
+}
+
+/// Polls /ready until its status is `want`; how long that took.
+async fn ready_becomes(gw: &TestGateway, want: u16, within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = ready(gw).await;
+        if status == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "/ready stayed {status} for {within:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_postgres_is_answered_503_within_the_deadline_and_ready_follows_it() {
+    let postgres = match common::PrivatePostgres::start() {
+        Ok(postgres) => postgres,
+        Err(why) => {
+            announce_skip("the frozen PostgreSQL audit test", &why);
+            return;
+        }
+    };
+    let url = postgres.url();
+    let gw = start_with(SandboxOptions::default(), move |c| {
+        c.audit.database_url = url;
+        c.audit.write_timeout_ms = 1000;
+    })
+    .await;
+    wait_ready(&gw).await;
+    assert_eq!(create_instance(&gw, &gw.keys.admin, 1).await, 201);
+
+    // Every PostgreSQL process stopped: the next write is answered 503 within the deadline.
+    postgres.signal("-STOP");
+    let started = std::time::Instant::now();
+    let refused = create_instance(&gw, &gw.keys.admin, 2).await;
+    let took = started.elapsed();
+    assert_eq!(refused, 503);
+    assert!(
+        took < Duration::from_millis(1600),
+        "answered after {took:?}"
+    );
+    let (status, body) = ready(&gw).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["checks"]["audit"]
+            .as_str()
+            .unwrap()
+            .contains("write_timeout_ms")
+    );
+    // Known down: refused at once.
+    let started = std::time::Instant::now();
+    assert_eq!(create_instance(&gw, &gw.keys.admin, 3).await, 503);
+    assert!(started.elapsed() < Duration::from_millis(300));
+    assert_eq!(
+        gw.api_calls(),
+        1,
+        "nothing was forwarded while the store was frozen"
+    );
+
+    // Thawed: /ready recovers without traffic, and writes work again.
+    postgres.signal("-CONT");
+    let recovered = ready_becomes(&gw, 200, Duration::from_secs(8)).await;
+    eprintln!("/ready back {recovered:?} after the thaw");
+    assert_eq!(create_instance(&gw, &gw.keys.admin, 4).await, 201);
+    let store = Store::open(&postgres.url()).await.unwrap();
+    assert_eq!(store.verify().await.unwrap().first_broken_id, None);
+    drop(gw);
+}
+
+#[tokio::test]
+async fn a_store_frozen_without_traffic_turns_ready_503_within_seconds() {
+    let postgres = match common::PrivatePostgres::start() {
+        Ok(postgres) => postgres,
+        Err(why) => {
+            announce_skip("the idle frozen PostgreSQL audit test", &why);
+            return;
+        }
+    };
+    let url = postgres.url();
+    let gw = start_with(SandboxOptions::default(), move |c| {
+        c.audit.database_url = url;
+        c.audit.write_timeout_ms = 500;
+    })
+    .await;
+    wait_ready(&gw).await;
+    assert_eq!(ready(&gw).await.0, 200);
+    postgres.signal("-STOP");
+    // Probed every second with a 500 ms deadline.
+    let noticed = ready_becomes(&gw, 503, Duration::from_secs(3)).await;
+    eprintln!("/ready said 503 {noticed:?} after the freeze, without traffic");
+    postgres.signal("-CONT");
+    ready_becomes(&gw, 200, Duration::from_secs(8)).await;
+}
+
+/// A small tmpfs of its own (root only), unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !mounted.status.success() {
+            return Err(format!(
+                "cannot mount a tmpfs: {}",
+                String::from_utf8_lossy(&mounted.stderr).trim()
+            ));
+        }
+        Ok(Self { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills what is left of the disk; the filler file's path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path().join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn sqlite_on_a_full_disk_stays_unready_until_space_is_back_then_recovers() {
+    let disk = match SmallDisk::mount("4m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            announce_skip("the full-disk SQLite audit test", &why);
+            return;
+        }
+    };
+    let url = format!("sqlite://{}/audit.db", disk.path().display());
+    let db = url.clone();
+    let gw = start_with(SandboxOptions::default(), move |c| {
+        c.audit.database_url = db;
+    })
+    .await;
+    wait_ready(&gw).await;
+    assert_eq!(create_instance(&gw, &gw.keys.admin, 1).await, 201);
+    let filler = disk.fill();
+    // Writes until the disk refuses one (each record carries a few KiB of body).
+    let mut refused = false;
+    for n in 2..200 {
+        let status = send(
+            &gw,
+            Method::POST,
+            "/v1/compute/instances",
+            &gw.keys.admin,
+            Some(serde_json::json!({"period": 1, "displayName": "x".repeat(8000), "n": n})),
+            &rid(n),
+        )
+        .await;
+        if status == 503 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the full disk never refused a write");
+    // Not ready, and it stays so while the disk is full and writes keep coming (no reopen makes
+    // it flap).
+    let mut answers = Vec::new();
+    for n in 300..330 {
+        let status = create_instance(&gw, &gw.keys.admin, n).await;
+        assert_eq!(status, 503);
+        answers.push(ready(&gw).await.0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answers.iter().all(|s| *s == 503), "{answers:?}");
+    std::fs::remove_file(filler).unwrap();
+    let back = ready_becomes(&gw, 200, Duration::from_secs(8)).await;
+    eprintln!("/ready back {back:?} after space was freed");
+    assert_eq!(create_instance(&gw, &gw.keys.admin, 500).await, 201);
+    gw.gateway.audit.flush().await;
+    let store = Store::open(&url).await.unwrap();
+    assert_eq!(store.verify().await.unwrap().first_broken_id, None);
+    let stored = store.page(&Default::default()).await.unwrap();
+    assert!(
+        stored.iter().all(|r| r.outcome.as_str() != "pending"),
+        "a call the client saw answered stayed pending"
+    );
+    drop(store);
+    drop(gw);
+}

@@ -114,10 +114,9 @@ impl AuditLog {
                 .unwrap_or("")
                 .to_string()
         };
-        let client_ip = parts
-            .extensions
-            .get::<crate::app::ClientAddr>()
-            .map(|c| c.0.ip().to_string())
+        let client_ip = call
+            .peer
+            .map(|peer| peer.ip().to_string())
             .unwrap_or_default();
         let record = AuditRecord {
             id: 0,

@@ -10,7 +10,7 @@ use http::{HeaderMap, Method, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::CallContext;
-use crate::app::{ClientAddr, Gateway};
+use crate::app::Gateway;
 use crate::clients::{Client, KeyProblem, presented_key};
 use crate::error::GatewayError;
 
@@ -93,10 +93,13 @@ pub fn check_header_values(headers: &HeaderMap) -> Result<(), GatewayError> {
 
 /// The calling team, from its key. An address that got too many 401s lately is refused first
 /// (429), whatever key it sends; a 401 counts against its address.
-pub fn identify(gw: &Gateway, parts: &Parts) -> Result<Arc<Client>, GatewayError> {
-    let address = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());
+pub fn identify(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    address: Option<std::net::IpAddr>,
+) -> Result<Arc<Client>, GatewayError> {
     gw.auth_throttle.check(address)?;
-    let identified = presented_key(&parts.headers)
+    let identified = presented_key(headers)
         .map_err(|p| GatewayError::Unauthenticated(p.message()))
         .and_then(|key| {
             gw.clients()

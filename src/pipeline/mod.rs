@@ -18,6 +18,7 @@
 //! 20 KB at first; 6.9 KB with the rare stages boxed; 3.2 KB with the trail and the exchange boxed
 //! too and the request head borrowed instead of moved).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -34,7 +35,7 @@ use tracing::Instrument;
 
 pub use checks::{check_path, identify};
 
-use crate::app::Gateway;
+use crate::app::{ClientAddr, Gateway};
 use crate::audit::AuditTrail;
 use crate::clients::Client;
 use crate::error::GatewayError;
@@ -57,6 +58,8 @@ pub struct CallContext {
     /// The path as Contabo's spec spells it, when the caller spelt it otherwise (the call is then
     /// refused, so that every check sees the operation upstream would execute).
     pub respell: Option<String>,
+    /// The caller's address (the audit records it).
+    pub peer: Option<SocketAddr>,
 }
 
 /// Whether a path is a Contabo call (/v1 and /v1/**), served by the pipeline.
@@ -65,16 +68,17 @@ pub fn is_contabo_call(path: &str) -> bool {
 }
 
 /// Everything the router does not serve itself: /v1 and /v1/** go through the pipeline.
-pub async fn dispatch(state: State<Arc<Gateway>>, request: Request) -> Response {
+pub async fn dispatch(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
     if is_contabo_call(request.uri().path()) {
-        handle(state, request).await
+        let peer = request.extensions().get::<ClientAddr>().map(|a| a.0);
+        handle(gw, request, peer).await
     } else {
         not_found(request).await
     }
 }
 
 /// Entry point for /v1/**: runs the pipeline inside a span carrying the request id.
-pub async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+pub async fn handle(gw: Arc<Gateway>, request: Request, peer: Option<SocketAddr>) -> Response {
     let (request_id, origin) = RequestId::from_headers(request.headers());
     let span = tracing::info_span!(
         "call",
@@ -92,7 +96,8 @@ pub async fn handle(State(gw): State<Arc<Gateway>>, request: Request) -> Respons
         let started = Instant::now();
         let method = request.method().clone();
         let mut labels = CallLabels::default();
-        let response = match run(&gw, request, request_id.clone(), started, &mut labels).await {
+        let call = run(&gw, request, request_id.clone(), started, peer, &mut labels);
+        let response = match call.await {
             Ok(response) => response,
             Err(error) => error.into_response_with(&request_id),
         };
@@ -125,10 +130,11 @@ async fn run(
     request: Request,
     request_id: RequestId,
     started: Instant,
+    peer: Option<SocketAddr>,
     labels: &mut CallLabels,
 ) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
-    let client = identify(gw, &parts)?;
+    let client = identify(gw, &parts.headers, peer.map(|p| p.ip()))?;
     let classified = gw.routes.classify(&parts.method, parts.uri.path());
     let route = classified.operation;
     let span = tracing::Span::current();
@@ -143,6 +149,7 @@ async fn run(
         cost: gw.limits.cost(route),
         started,
         respell: classified.canonical,
+        peer,
     };
     // Boxed: a call's future holds the trail across every await, most calls have none.
     let trail = gw.audit.trail(&call, &parts).map(Box::new);

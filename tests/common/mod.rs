@@ -395,3 +395,138 @@ pub async fn fresh_postgres_url() -> Option<String> {
         "{url}{separator}options=-c%20search_path%3D{schema}"
     ))
 }
+
+/// A private PostgreSQL server (its own data directory and port), so a test can freeze it with
+/// SIGSTOP or stop it without touching the machine's. Needs the Debian server binaries and root
+/// (the server runs as the `postgres` user).
+pub struct PrivatePostgres {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    /// The postmaster itself.
+    child: std::process::Child,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Result<Self, String> {
+        use std::os::unix::process::CommandExt;
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .map_err(|e| format!("no PostgreSQL server binaries: {e}"))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .ok_or("no initdb under /usr/lib/postgresql")?;
+        let id = |flag: &str| -> Result<u32, String> {
+            let out = std::process::Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .map_err(|_| "no postgres user".to_string())
+        };
+        let (uid, gid) = (id("-u")?, id("-g")?);
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let data = dir.path().join("data");
+        let chowned = std::process::Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir.path())
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !chowned.success() {
+            return Err("cannot hand the data directory to the postgres user (not root?)".into());
+        }
+        let as_postgres = |program: std::path::PathBuf| {
+            let mut command = std::process::Command::new(program);
+            command
+                .uid(uid)
+                .gid(gid)
+                .env_clear()
+                .stdin(std::process::Stdio::null());
+            command
+        };
+        let init = as_postgres(bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !init.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&init.stderr)
+            ));
+        }
+        let port = free_port();
+        let child = as_postgres(bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let mut server = Self {
+            port,
+            _dir: dir,
+            child,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if std::time::Instant::now() > deadline
+                || matches!(server.child.try_wait(), Ok(Some(_)))
+            {
+                return Err("the private PostgreSQL did not start listening".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The server's processes: the postmaster and its children.
+    fn processes(&self) -> Vec<String> {
+        let postmaster = self.child.id().to_string();
+        let children = std::process::Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        std::iter::once(postmaster)
+            .chain(children.lines().map(str::to_string))
+            .filter(|p| !p.is_empty())
+            .collect()
+    }
+
+    /// SIGSTOP (`-STOP`) or SIGCONT (`-CONT`) to every process of the server.
+    pub fn signal(&self, signal: &str) {
+        for pid in self.processes() {
+            let _ = std::process::Command::new("kill")
+                .args([signal, &pid])
+                .status();
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            if std::time::Instant::now() > deadline {
+                self.signal("-KILL");
+                let _ = self.child.wait();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
