@@ -1,5 +1,5 @@
-//! The compliance audit log of every mutating call (POST, PUT, PATCH, DELETE under /v1) from an
-//! identified caller, including the calls the gateway refused.
+//! The compliance audit log of every mutating call (every method under /v1 but GET, HEAD and
+//! OPTIONS) from an identified caller, including the calls the gateway refused.
 //!
 //! A record is committed as `pending` before the call is forwarded and finalised (and appended to
 //! the hash chain) after, so a crash in between leaves a pending row for a reviewer to see. If the

@@ -16,8 +16,11 @@ use super::store::{Backend, ChainTail, Store, WriterClaim};
 
 /// Most records taken into one transaction.
 const MAX_BATCH: usize = 512;
-/// How often a writer without a store tries to open it again.
-const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often an idle writer probes its store, and how often one without a store tries to open it
+/// again: /_gateway/ready follows the store within about this long plus `IDLE_PROBE_DEADLINE`.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// How long an idle store may take to answer `SELECT 1` (at most `audit.write_timeout_ms`).
+const IDLE_PROBE_DEADLINE: Duration = Duration::from_millis(500);
 
 pub enum Op {
     /// Insert a pending record; the reply is its id once committed.
@@ -61,7 +64,9 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health, deadl
                         store = open(&url, &mut claim, &health, deadline, &mut ever_up).await;
                     }
                     Some(s) => {
-                        if let Err(reason) = probe(s, &mut conn, deadline, false).await {
+                        if let Err(reason) =
+                            probe(s, &mut conn, deadline.min(IDLE_PROBE_DEADLINE), false).await
+                        {
                             mark_down(&health, &reason);
                             (store, conn, tail) = (None, None, None);
                         }
