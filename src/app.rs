@@ -317,12 +317,21 @@ async fn accept_loop(
             .serve_connection_with_upgrades(io, service)
             .into_owned();
         let connection = graceful.watch(connection);
+        // The watchdog sleeps in a task of its own, so the connection's many wake-ups do not poll
+        // its timer; it says when to cut the connection.
+        let (cut, cut_off) = tokio::sync::oneshot::channel::<()>();
+        let watchdog = tokio::spawn(async move {
+            activity.overstayed(limits).await;
+            let _ = cut.send(());
+        });
         tokio::spawn(async move {
             tokio::select! {
+                biased;
                 _ = connection => {}
                 // A slow or silent client: dropping the connection closes it.
-                _ = activity.overstayed(limits) => {}
+                _ = cut_off => {}
             }
+            watchdog.abort();
             drop(permit);
         });
     }

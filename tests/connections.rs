@@ -210,25 +210,14 @@ async fn a_second_gateway_on_a_served_port_fails_at_start_naming_the_port() {
     let config = dir.path().join("second.toml");
     let (_, other_block) = admin_client_block("second");
     std::fs::write(&config, other_block).unwrap();
-    let credential = sandbox.state.credential();
-    let second = std::process::Command::new(env!("CARGO_BIN_EXE_contabo-gateway"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("GATEWAY_LISTEN", &listen)
-        .env(
-            "GATEWAY_DATABASE_URL",
-            format!("sqlite://{}/second.db", dir.path().display()),
-        )
-        .env("CONTABO_API_URL", sandbox.api_url())
-        .env("CONTABO_AUTH_URL", sandbox.auth_url())
-        .env("CONTABO_CLIENT_ID", &credential.client_id)
-        .env("CONTABO_CLIENT_SECRET", &credential.client_secret)
-        .env("CONTABO_API_USER", &credential.username)
-        .env("CONTABO_API_PASSWORD", &credential.password)
-        .env_remove("GATEWAY_REDIS_URL")
-        .env_remove("GATEWAY_CONFIG")
-        .output()
-        .unwrap();
+    let second = common::gateway_command(
+        &sandbox,
+        &config,
+        &format!("sqlite://{}/second.db", dir.path().display()),
+    )
+    .env("GATEWAY_LISTEN", &listen)
+    .output()
+    .unwrap();
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(

@@ -283,6 +283,15 @@ async fn drive(gw: &common::TestGateway, per_second: u32, run: Duration) -> Vec<
     out
 }
 
+/// Seconds into a drive when the first call succeeded.
+fn first_success(calls: &[(f64, u16)]) -> f64 {
+    calls
+        .iter()
+        .find(|(_, status)| *status == 200)
+        .map(|(at, _)| *at)
+        .expect("no call succeeded after the token endpoint recovered")
+}
+
 #[tokio::test]
 async fn an_outage_from_the_start_costs_one_attempt_per_step_and_calls_recover_within_seconds() {
     let gw = start_with(SandboxOptions::lifetimes(10.0, 60.0), |_| {}).await;
@@ -297,12 +306,7 @@ async fn an_outage_from_the_start_costs_one_attempt_per_step_and_calls_recover_w
     );
     faults.auth_down.store(false, Ordering::SeqCst);
     let recovered = Instant::now();
-    let after = drive(&gw, 20, Duration::from_secs(6)).await;
-    let first_ok = after
-        .iter()
-        .find(|(_, status)| *status == 200)
-        .map(|(at, _)| *at)
-        .expect("no call succeeded after the token endpoint recovered");
+    let first_ok = first_success(&drive(&gw, 20, Duration::from_secs(6)).await);
     assert!(
         first_ok <= 5.0,
         "the first call succeeded {first_ok:.1} s after recovery (measured from {:?})",
@@ -337,12 +341,7 @@ async fn a_valid_token_serves_through_an_outage_of_renewals_without_hammering() 
         }
     }
     faults.auth_down.store(false, Ordering::SeqCst);
-    let after = drive(&gw, 20, Duration::from_secs(6)).await;
-    let first_ok = after
-        .iter()
-        .find(|(_, status)| *status == 200)
-        .map(|(at, _)| *at)
-        .expect("no call succeeded after the token endpoint recovered");
+    let first_ok = first_success(&drive(&gw, 20, Duration::from_secs(6)).await);
     assert!(
         first_ok <= 5.0,
         "the first call succeeded {first_ok:.1} s after recovery ({:?} after the first token)",

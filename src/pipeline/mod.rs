@@ -1,11 +1,13 @@
 //! The request pipeline for Contabo calls (everything under /v1), stage by stage in one place
 //! ([`run`]):
 //!
-//! request id -> team identity -> route class -> [mutating: audit trail opened] -> path and header
-//! hygiene, permission by role, team rate limit, bounded body (a refusal is audited as rejected)
-//! -> [cacheable read: cache lookup, coalesced miss] -> [mutating: pending audit record committed]
-//! -> upstream budget (fair queue; upstream 429 pause) -> token + forward (one retry on 401) ->
-//! [write: cache invalidation] -> secret adoption -> redaction for the caller's role ->
+//! request id -> [address over its 401 limit: 429] -> team identity -> route class (the path read
+//! as Contabo's router reads it) -> [mutating: audit trail opened] -> forwarded method, path
+//! hygiene and spelling, header hygiene, permission by role, team rate limit, bounded body (a
+//! refusal is audited as rejected) -> [cacheable read: cache lookup, coalesced miss] ->
+//! [mutating, in a task of its own that the caller leaving does not cancel: pending audit record
+//! committed] -> upstream budget (fair queue; upstream 429 pause) -> token + forward (one retry on
+//! 401) -> [write: cache invalidation] -> secret adoption -> redaction for the caller's role ->
 //! [mutating: audit record finalised] -> response with x-request-id and the team's quota.
 //!
 //! The facts every stage needs (request id, client, route class) are gathered once in a

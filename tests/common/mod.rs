@@ -253,29 +253,15 @@ pub fn spawn_gateway_process_with_env(
             .push_str("\n[rate_limit]\nupstream_per_second = 100000\nupstream_burst = 100000\n");
     }
     std::fs::write(&path, config_toml).unwrap();
-    let credential = sandbox.state.credential();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_contabo-gateway"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("GATEWAY_LISTEN", "127.0.0.1:0")
-        .env(
-            "GATEWAY_DATABASE_URL",
-            database_url.map(str::to_string).unwrap_or_else(|| {
-                format!(
-                    "sqlite://{}/audit-{}.db",
-                    dir.display(),
-                    uuid::Uuid::new_v4()
-                )
-            }),
+    let database_url = database_url.map(str::to_string).unwrap_or_else(|| {
+        format!(
+            "sqlite://{}/audit-{}.db",
+            dir.display(),
+            uuid::Uuid::new_v4()
         )
-        .env("CONTABO_API_URL", sandbox.api_url())
-        .env("CONTABO_AUTH_URL", sandbox.auth_url())
-        .env("CONTABO_CLIENT_ID", &credential.client_id)
-        .env("CONTABO_CLIENT_SECRET", &credential.client_secret)
-        .env("CONTABO_API_USER", &credential.username)
-        .env("CONTABO_API_PASSWORD", &credential.password)
-        .env_remove("GATEWAY_REDIS_URL")
-        .env_remove("GATEWAY_CONFIG")
+    });
+    let mut child = gateway_command(sandbox, &path, &database_url)
+        .env("GATEWAY_LISTEN", "127.0.0.1:0")
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log_path).unwrap())
@@ -297,6 +283,30 @@ pub fn spawn_gateway_process_with_env(
     let _ = child.kill();
     let _ = child.wait();
     panic!("the gateway process exited before listening");
+}
+
+/// `contabo-gateway serve --config <config>` against `sandbox`, writing its audit log to
+/// `database_url`, with nothing from the test's own environment that would change its setup.
+pub fn gateway_command(
+    sandbox: &Sandbox,
+    config: &std::path::Path,
+    database_url: &str,
+) -> std::process::Command {
+    let credential = sandbox.state.credential();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_contabo-gateway"));
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("GATEWAY_DATABASE_URL", database_url)
+        .env("CONTABO_API_URL", sandbox.api_url())
+        .env("CONTABO_AUTH_URL", sandbox.auth_url())
+        .env("CONTABO_CLIENT_ID", &credential.client_id)
+        .env("CONTABO_CLIENT_SECRET", &credential.client_secret)
+        .env("CONTABO_API_USER", &credential.username)
+        .env("CONTABO_API_PASSWORD", &credential.password)
+        .env_remove("GATEWAY_REDIS_URL")
+        .env_remove("GATEWAY_CONFIG");
+    command
 }
 
 /// A `[[clients]]` block for a fresh admin key.
