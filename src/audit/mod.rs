@@ -12,6 +12,7 @@ pub mod record;
 pub mod store;
 mod writer;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,7 @@ pub struct AuditLog {
     bodies: Arc<BodyPolicy>,
     ops: mpsc::Sender<Op>,
     health: Health,
+    ever_up: Arc<AtomicBool>,
     reader: tokio::sync::OnceCell<store::Store>,
 }
 
@@ -41,11 +43,13 @@ impl AuditLog {
     pub fn start(config: &AuditConfig) -> Self {
         let (ops, receiver) = mpsc::channel(QUEUE);
         let health: Health = Arc::new(RwLock::new(Err("the audit store is being opened".into())));
+        let ever_up = Arc::new(AtomicBool::new(false));
         if config.enabled {
             tokio::spawn(writer::run(
                 config.database_url.clone(),
                 receiver,
                 health.clone(),
+                ever_up.clone(),
                 Duration::from_millis(config.write_timeout_ms),
             ));
         }
@@ -58,6 +62,7 @@ impl AuditLog {
             )),
             ops,
             health,
+            ever_up,
             reader: tokio::sync::OnceCell::new(),
         }
     }
@@ -141,6 +146,7 @@ impl AuditLog {
         };
         Some(AuditTrail {
             health: self.health.clone(),
+            ever_up: self.ever_up.clone(),
             deadline: Duration::from_millis(self.config.write_timeout_ms),
             ops: self.ops.clone(),
             bodies: self.bodies.clone(),
@@ -169,6 +175,9 @@ fn redacted_keys(config: &AuditConfig) -> Vec<String> {
 /// finalised (the gateway stopping mid-call), it sends its record as `interrupted`.
 pub struct AuditTrail {
     health: Health,
+    /// Whether the store was ever written: until then a down store is still being opened, and a
+    /// call waits for it (within the deadline) instead of being refused at once.
+    ever_up: Arc<AtomicBool>,
     /// `audit.write_timeout_ms`: how long a call waits for its pending record.
     deadline: Duration,
     ops: mpsc::Sender<Op>,
@@ -195,8 +204,8 @@ impl AuditTrail {
         let known = self.health.read().expect("health lock").clone();
         let result = match known {
             // Known to be down: refused at once, not after the deadline.
-            Err(reason) => Err(reason),
-            Ok(()) => self.commit_pending().await,
+            Err(reason) if self.ever_up.load(Ordering::SeqCst) => Err(reason),
+            _ => self.commit_pending().await,
         };
         match result {
             Ok(id) => {

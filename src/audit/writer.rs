@@ -5,6 +5,7 @@
 //! failed is kept and written again with the next batch (at least once a second): the call it
 //! records was answered, so it must not be lost.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -40,11 +41,18 @@ pub enum Op {
 /// Whether the store can be written, and why not.
 pub type Health = Arc<RwLock<Result<(), String>>>;
 
-pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health, deadline: Duration) {
+/// `ever_up` turns true once the store was first written; callers may then take a down store's
+/// reason as final (before, the store is still being opened).
+pub async fn run(
+    url: String,
+    mut ops: mpsc::Receiver<Op>,
+    health: Health,
+    ever_up: Arc<AtomicBool>,
+    deadline: Duration,
+) {
     // This process's right to write a SQLite file, held for the writer's life once taken.
     let mut claim = None;
-    let mut ever_up = false;
-    let mut store = open(&url, &mut claim, &health, deadline, &mut ever_up).await;
+    let mut store = open(&url, &mut claim, &health, deadline, &ever_up).await;
     // The writer's own connection, taken from the store's pool on the first batch and kept until a
     // write fails.
     let mut conn = None;
@@ -61,7 +69,7 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health, deadl
             Err(_) => {
                 match &store {
                     None => {
-                        store = open(&url, &mut claim, &health, deadline, &mut ever_up).await;
+                        store = open(&url, &mut claim, &health, deadline, &ever_up).await;
                     }
                     Some(s) => {
                         if let Err(reason) =
@@ -126,7 +134,7 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health, deadl
         );
         crate::metrics::audit_batch(batch.len(), started.elapsed(), result.is_ok());
         match &result {
-            Ok(()) => mark_up(&health, &mut ever_up),
+            Ok(()) => mark_up(&health, &ever_up),
             Err(reason) => {
                 tracing::error!(%reason, records = batch.len(), "audit write failed");
                 mark_down(&health, reason);
@@ -141,15 +149,15 @@ pub async fn run(url: String, mut ops: mpsc::Receiver<Op>, health: Health, deadl
 }
 
 /// The store can be written: say so (once, when it was down after having been up).
-fn mark_up(health: &Health, ever_up: &mut bool) {
+fn mark_up(health: &Health, ever_up: &AtomicBool) {
     let was_down = health.read().expect("health lock").is_err();
     if was_down {
         *health.write().expect("health lock") = Ok(());
-        if *ever_up {
+        if ever_up.load(Ordering::SeqCst) {
             tracing::info!("the audit store is writable again");
         }
     }
-    *ever_up = true;
+    ever_up.store(true, Ordering::SeqCst);
 }
 
 fn mark_down(health: &Health, reason: &str) {
@@ -235,7 +243,7 @@ async fn open(
     claim: &mut Option<WriterClaim>,
     health: &Health,
     deadline: Duration,
-    ever_up: &mut bool,
+    ever_up: &AtomicBool,
 ) -> Option<Store> {
     let opened = match claim {
         Some(_) => open_within(url, deadline).await,
