@@ -1096,22 +1096,38 @@ async fn ready_becomes(gw: &TestGateway, want: u16, within: Duration) -> Duratio
     }
 }
 
-#[tokio::test]
-async fn a_frozen_postgres_is_answered_503_within_the_deadline_and_ready_follows_it() {
+/// A gateway whose audit store is a private PostgreSQL the test may freeze; None (announced as
+/// `what` skipped) where one cannot be started.
+async fn on_private_postgres(
+    what: &str,
+    tweak: impl FnOnce(&mut contabo_gateway::config::Config) + Send + 'static,
+) -> Option<(common::PrivatePostgres, TestGateway)> {
     let postgres = match common::PrivatePostgres::start() {
         Ok(postgres) => postgres,
         Err(why) => {
-            announce_skip("the frozen PostgreSQL audit test", &why);
-            return;
+            announce_skip(what, &why);
+            return None;
         }
     };
     let url = postgres.url();
     let gw = start_with(SandboxOptions::default(), move |c| {
         c.audit.database_url = url;
-        c.audit.write_timeout_ms = 1000;
+        tweak(c);
     })
     .await;
     wait_ready(&gw).await;
+    Some((postgres, gw))
+}
+
+#[tokio::test]
+async fn a_frozen_postgres_is_answered_503_within_the_deadline_and_ready_follows_it() {
+    let Some((postgres, gw)) = on_private_postgres("the frozen PostgreSQL audit test", |c| {
+        c.audit.write_timeout_ms = 1000;
+    })
+    .await
+    else {
+        return;
+    };
     assert_eq!(create_instance(&gw, &gw.keys.admin, 1).await, 201);
 
     // Every PostgreSQL process stopped: the next write is answered 503 within the deadline.
@@ -1154,19 +1170,11 @@ async fn a_frozen_postgres_is_answered_503_within_the_deadline_and_ready_follows
 
 #[tokio::test]
 async fn a_store_frozen_without_traffic_turns_ready_503_within_seconds() {
-    let postgres = match common::PrivatePostgres::start() {
-        Ok(postgres) => postgres,
-        Err(why) => {
-            announce_skip("the idle frozen PostgreSQL audit test", &why);
-            return;
-        }
+    let Some((postgres, gw)) =
+        on_private_postgres("the idle frozen PostgreSQL audit test", |_| {}).await
+    else {
+        return;
     };
-    let url = postgres.url();
-    let gw = start_with(SandboxOptions::default(), move |c| {
-        c.audit.database_url = url;
-    })
-    .await;
-    wait_ready(&gw).await;
     assert_eq!(ready(&gw).await.0, 200);
     postgres.signal("-STOP");
     // An idle store is probed every 500 ms, each probe answered within 500 ms.

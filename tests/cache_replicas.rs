@@ -27,6 +27,18 @@ async fn cache_stats(url: &str, key: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// PATCHes the sandbox owner's first name through the gateway (a write that invalidates).
+async fn rename_owner(gw: &common::TestGateway, key: &str, first_name: &str) {
+    let user_id = gw.sandbox().owner_id();
+    let patched = gw
+        .request(reqwest::Method::PATCH, &format!("/v1/users/{user_id}"), key)
+        .json(&serde_json::json!({"firstName": first_name}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+}
+
 async fn wait_for_redis(url: &str, key: &str, expected: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -181,18 +193,7 @@ async fn losing_redis_falls_back_to_the_short_ttl_and_recovers() {
             .contains("fwd=miss")
     );
     // A write while Redis is down still drops this replica's entries.
-    let user_id = gw.sandbox().owner_id();
-    let patched = gw
-        .request(
-            reqwest::Method::PATCH,
-            &format!("/v1/users/{user_id}"),
-            &admin,
-        )
-        .json(&serde_json::json!({"firstName": "DuringOutage"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(patched.status(), 200);
+    rename_owner(&gw, &admin, "DuringOutage").await;
     let body: serde_json::Value = read().await.unwrap().json().await.unwrap();
     assert_eq!(body["data"][0]["firstName"], "DuringOutage");
 
@@ -220,18 +221,7 @@ async fn one_publish_timeout_on_a_frozen_redis_does_not_keep_the_link_down() {
     wait_for_redis(&gw.url, &admin, "connected").await;
     // Frozen: the subscription stays open, the publish of a write times out.
     redis.signal("-STOP");
-    let user_id = gw.sandbox().owner_id();
-    let patched = gw
-        .request(
-            reqwest::Method::PATCH,
-            &format!("/v1/users/{user_id}"),
-            &admin,
-        )
-        .json(&serde_json::json!({"firstName": "WhileFrozen"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(patched.status(), 200);
+    rename_owner(&gw, &admin, "WhileFrozen").await;
     assert_eq!(
         cache_stats(&gw.url, &admin).await["redis"],
         "unreachable (short TTL in force)"

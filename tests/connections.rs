@@ -29,6 +29,12 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// A client of its own, with its own connections (the shared one may hold a pooled connection
+/// that would skip the backlog the test is about).
+fn fresh_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
 fn addr(url: &str) -> String {
     url.trim_start_matches("http://").to_string()
 }
@@ -129,7 +135,7 @@ async fn beyond_max_connections_new_ones_wait_until_a_place_is_free() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     // A fresh client: its connection waits in the backlog until the silent ones are cut.
-    let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
+    let fresh = fresh_client();
     let response = fresh
         .get(format!("{}/v1/users", gw.url))
         .bearer_auth(&gw.keys.readonly)
@@ -173,7 +179,7 @@ async fn out_of_descriptors_the_log_says_so_once_a_second_and_calls_go_on_after(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     // A legitimate call is answered once the silent connections have been cut.
-    let fresh = reqwest::Client::builder().no_proxy().build().unwrap();
+    let fresh = fresh_client();
     let response = fresh
         .get(format!("{}/v1/users", gateway.url))
         .bearer_auth(&key)
@@ -226,10 +232,7 @@ async fn a_second_gateway_on_a_served_port_fails_at_start_naming_the_port() {
     );
     // Every call still reaches the first gateway and its teams.
     for _ in 0..20 {
-        let status = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
+        let status = fresh_client()
             .get(format!("{}/v1/users", first.url))
             .bearer_auth(&key)
             .send()

@@ -110,16 +110,6 @@ impl RouteTable {
         Self { by_length }
     }
 
-    /// The operation for `method` and a request path spelled exactly as the spec spells it (literal
-    /// segments compared with their case). HEAD matches like GET.
-    pub fn find(&self, method: &Method, path: &str) -> Option<&'static Operation> {
-        let classified = self.classify(method, path);
-        classified
-            .canonical
-            .is_none()
-            .then_some(classified.operation?)
-    }
-
     /// Reads a raw (undecoded) request path the way an Express-style upstream routes it: literal
     /// segments compared without regard to case, percent-encoded unreserved characters decoded,
     /// `;params` and a trailing slash ignored. The operation it reaches, and the one spelling of it
@@ -256,10 +246,23 @@ const MAX_SEGMENTS: usize = 12;
 mod tests {
     use super::*;
 
+    /// The operation of a path spelled as the spec spells it.
+    fn find(table: &RouteTable, method: &Method, path: &str) -> Option<&'static Operation> {
+        let classified = table.classify(method, path);
+        assert_eq!(
+            classified.canonical, None,
+            "{path} is not the spec's spelling"
+        );
+        classified.operation
+    }
+
+    /// The operation id of a path spelled as the spec spells it; None for any other spelling.
     fn id(method: Method, path: &str) -> Option<&'static str> {
-        RouteTable::default()
-            .find(&method, path)
-            .map(|op| op.operation_id)
+        let classified = RouteTable::default().classify(&method, path);
+        match classified.canonical {
+            None => classified.operation.map(|op| op.operation_id),
+            Some(_) => None,
+        }
     }
 
     #[test]
@@ -350,23 +353,23 @@ mod tests {
     #[test]
     fn classes() {
         let t = RouteTable::default();
-        let client = t.find(&Method::GET, "/v1/users/client").unwrap();
+        let client = find(&t, &Method::GET, "/v1/users/client").unwrap();
         assert_eq!(client.secret_fields, &["secret"]);
         assert_eq!(client.cached_as, Some(CacheGroup::Client));
-        let rotate = t.find(&Method::PUT, "/v1/users/client/secret").unwrap();
+        let rotate = find(&t, &Method::PUT, "/v1/users/client/secret").unwrap();
         assert!(rotate.mutates && rotate.carries_secrets());
         assert_eq!(rotate.invalidates, &[CacheGroup::Client]);
-        let creds = t
-            .find(
-                &Method::GET,
-                "/v1/users/u1/object-storages/o1/credentials/7",
-            )
-            .unwrap();
+        let creds = find(
+            &t,
+            &Method::GET,
+            "/v1/users/u1/object-storages/o1/credentials/7",
+        )
+        .unwrap();
         assert_eq!(creds.secret_fields, &["secretKey"]);
         assert_eq!(creds.cached_as, None);
-        let patch = t.find(&Method::PATCH, "/v1/users/u1").unwrap();
+        let patch = find(&t, &Method::PATCH, "/v1/users/u1").unwrap();
         assert_eq!(patch.invalidates, &[CacheGroup::Users]);
-        let list = t.find(&Method::GET, "/v1/compute/instances").unwrap();
+        let list = find(&t, &Method::GET, "/v1/compute/instances").unwrap();
         assert!(!list.mutates && !list.carries_secrets() && list.cached_as.is_none());
     }
 }
