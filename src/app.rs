@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures_util::future::Either;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -25,8 +25,9 @@ use crate::config::{ClientConfig, Config, Credentials};
 use crate::connection::{AcceptErrors, Activity, Limits, Watched};
 use crate::ratelimit::RateLimits;
 use crate::routes::RouteTable;
+use crate::team_token::TokenSigner;
 use crate::upstream::Upstream;
-use crate::{admin, pipeline};
+use crate::{admin, pipeline, token_endpoint};
 
 /// Everything a call needs, shared by all calls.
 pub struct Gateway {
@@ -42,6 +43,8 @@ pub struct Gateway {
     pub auth_throttle: AuthThrottle,
     /// Connections served at once across every worker (`server.max_connections`).
     connections: Arc<Semaphore>,
+    /// Signs and verifies the tokens of the gateway's token endpoint; None turns the endpoint off.
+    pub team_tokens: Option<TokenSigner>,
 }
 
 impl Gateway {
@@ -49,7 +52,12 @@ impl Gateway {
         let upstream = Upstream::new(&config.upstream, credentials, config.worker_count())?;
         let cache = Arc::new(ResponseCache::new(&config.cache)?);
         crate::metrics::handle();
+        let team_tokens = match config.auth.signing_key_bytes()? {
+            Some(key) => Some(TokenSigner::new(&key).map_err(|e| format!("auth: {e}"))?),
+            None => None,
+        };
         Ok(Self {
+            team_tokens,
             audit: AuditLog::start(&config.audit),
             limits: RateLimits::new(&config.rate_limit)?,
             cache,
@@ -95,6 +103,7 @@ impl Gateway {
 /// 400/404 elsewhere.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
+        .route(token_endpoint::TOKEN_PATH, post(token_endpoint::token))
         .route("/_gateway/health", get(admin::health))
         .route("/_gateway/ready", get(admin::ready))
         .route("/_gateway/status", get(admin::status))

@@ -392,6 +392,10 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
         sandbox_clients.push(client);
         println!("sandbox upstream: {}", sb.api_url());
         println!("sandbox admin key (this run only): {key}");
+        if config.auth.signing_key.is_none() && config.auth.token_signing_key_file.is_empty() {
+            // The token endpoint is always on in the sandbox: with a per-run key if none is set.
+            config.auth.signing_key = Some(generate_key().into());
+        }
         let credentials = sb.credentials();
         sandbox = Some(sb);
         credentials
@@ -404,6 +408,12 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let gateway = Arc::new(Gateway::new(config, credentials)?);
     println!("contabo-gateway listening on http://{addr} (config: {source})");
+    if gateway.team_tokens.is_some() {
+        println!(
+            "token endpoint: http://{addr}{}",
+            crate::token_endpoint::TOKEN_PATH
+        );
+    }
     tracing::info!(%addr, config = %source, sandbox = use_sandbox, workers, "gateway started");
     #[cfg(unix)]
     let _reloader = crate::reload::on_sighup(gateway.clone(), source, sandbox_clients)
@@ -424,6 +434,7 @@ fn sandbox_admin_client() -> (String, ClientConfig) {
         role: Role::Admin,
         per_second: 1000.0,
         burst: 1000,
+        reveal: vec![],
     };
     (key, client)
 }

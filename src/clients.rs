@@ -83,7 +83,33 @@ pub struct Client {
     pub role: Role,
     /// The team's rate limit; kept across a reload when the team's limits did not change.
     pub limit: Arc<TeamLimit>,
+    /// Secret fields this team sees in the clear although it is not admin (`reveal`).
+    pub reveal: Vec<String>,
     key_digest: [u8; 32],
+}
+
+impl Client {
+    /// The secret fields of an answer this team must not see: none for admins, the route's
+    /// fields less those the team may see (`reveal`) for everyone else.
+    pub fn hidden_fields(&self, fields: &'static [&'static str]) -> Vec<&'static str> {
+        if self.role.sees_secrets() {
+            return Vec::new();
+        }
+        fields
+            .iter()
+            .copied()
+            .filter(|field| !self.reveal.iter().any(|r| r.eq_ignore_ascii_case(field)))
+            .collect()
+    }
+
+    /// A fingerprint of the team's key digest that its tokens carry: a token whose fingerprint is
+    /// not the current one was issued for a key that was since rotated or removed. One-way, so a
+    /// token tells nothing about the key.
+    pub fn key_fingerprint(&self) -> String {
+        let mut input = b"contabo-gateway team token\0".to_vec();
+        input.extend_from_slice(&self.key_digest);
+        hex::encode(&sha256(&input)[..12])
+    }
 }
 
 /// All configured teams, looked up by key.
@@ -119,6 +145,7 @@ impl ClientRegistry {
                     name: Arc::from(c.name.as_str()),
                     role: c.role,
                     limit,
+                    reveal: c.reveal.clone(),
                     key_digest,
                 }))
             })
@@ -137,6 +164,11 @@ impl ClientRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.clients.is_empty()
+    }
+
+    /// The team of that name.
+    pub fn named(&self, name: &str) -> Option<Arc<Client>> {
+        self.clients.iter().find(|c| *c.name == *name).cloned()
     }
 
     /// Finds the client whose key digest equals the digest of `key`. Every digest is compared, in
@@ -221,6 +253,7 @@ mod tests {
             role,
             per_second: 1.0,
             burst: 1,
+            reveal: vec![],
         };
         ClientRegistry::from_config(
             &[

@@ -24,7 +24,60 @@ pub struct Config {
     pub cache: CacheConfig,
     pub audit: AuditConfig,
     pub rate_limit: RateLimitConfig,
+    pub auth: AuthConfig,
     pub clients: Vec<ClientConfig>,
+}
+
+/// The gateway's own token endpoint, for tools that insist on an OAuth token URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A file holding the key that signs team tokens (at least 32 bytes; every replica needs the
+    /// same). "" = no token endpoint. Env GATEWAY_TOKEN_SIGNING_KEY holds the key itself instead.
+    pub token_signing_key_file: String,
+    /// Life of an issued access token (Keycloak's `expires_in`).
+    pub token_lifetime_secs: u64,
+    /// Life of an issued refresh token (Keycloak's `refresh_expires_in`).
+    pub refresh_token_lifetime_secs: u64,
+    /// The key from GATEWAY_TOKEN_SIGNING_KEY, or a per-run key in `--sandbox`.
+    #[serde(skip)]
+    pub signing_key: Option<SecretString>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token_signing_key_file: String::new(),
+            token_lifetime_secs: 300,
+            refresh_token_lifetime_secs: 1800,
+            signing_key: None,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The signing key: from GATEWAY_TOKEN_SIGNING_KEY (or the sandbox), else the file's content
+    /// without its final line break. None when neither is set.
+    pub fn signing_key_bytes(&self) -> Result<Option<Vec<u8>>, String> {
+        use secrecy::ExposeSecret;
+        if let Some(key) = &self.signing_key {
+            return Ok(Some(key.expose_secret().as_bytes().to_vec()));
+        }
+        if self.token_signing_key_file.is_empty() {
+            return Ok(None);
+        }
+        let mut bytes = std::fs::read(&self.token_signing_key_file).map_err(|e| {
+            format!(
+                "auth.token_signing_key_file = {:?} cannot be read ({e}); point it at the key \
+                 file every replica shares",
+                self.token_signing_key_file
+            )
+        })?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        Ok(Some(bytes))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +286,10 @@ pub struct ClientConfig {
     pub per_second: f64,
     #[serde(default = "default_burst")]
     pub burst: u32,
+    /// Secret fields (by name, from the route table) this team sees in the clear although it is not
+    /// admin; the audit log still redacts them.
+    #[serde(default)]
+    pub reveal: Vec<String>,
 }
 
 fn default_per_second() -> f64 {
@@ -357,6 +414,9 @@ impl Config {
         set("GATEWAY_REDIS_URL", &mut self.cache.redis_url);
         set("GATEWAY_REDIS_URL", &mut self.rate_limit.redis_url);
         set("GATEWAY_DATABASE_URL", &mut self.audit.database_url);
+        if let Some(key) = lookup("GATEWAY_TOKEN_SIGNING_KEY").filter(|v| !v.is_empty()) {
+            self.auth.signing_key = Some(key.into());
+        }
     }
 
     /// Every problem found, each a sentence that says what to change. Empty means valid.
@@ -423,6 +483,36 @@ impl Config {
         }
         problems.extend(self.client_problems());
         problems.extend(self.rate_limit_problems());
+        problems.extend(self.auth_problems());
+        problems
+    }
+
+    fn auth_problems(&self) -> Vec<String> {
+        let a = &self.auth;
+        let mut problems = Vec::new();
+        match a.signing_key_bytes() {
+            Ok(Some(key)) => {
+                if let Err(e) = crate::team_token::TokenSigner::new(&key) {
+                    problems.push(format!("auth: {e}"));
+                }
+            }
+            Ok(None) => {}
+            Err(problem) => problems.push(problem),
+        }
+        if a.token_lifetime_secs < 10 {
+            problems.push(format!(
+                "auth.token_lifetime_secs = {} is too short for a tool to use its token; use at \
+                 least 10 (default 300)",
+                a.token_lifetime_secs
+            ));
+        }
+        if a.refresh_token_lifetime_secs < a.token_lifetime_secs {
+            problems.push(format!(
+                "auth.refresh_token_lifetime_secs = {} is shorter than auth.token_lifetime_secs = \
+                 {}; a refresh token must outlive the access token (default 1800)",
+                a.refresh_token_lifetime_secs, a.token_lifetime_secs
+            ));
+        }
         problems
     }
 
@@ -553,6 +643,16 @@ impl Config {
             }
             if c.burst < 1 {
                 problems.push(format!("{at}: burst must be at least 1"));
+            }
+            let known = crate::routes::secret_fields();
+            for field in &c.reveal {
+                if !known.iter().any(|k| k.eq_ignore_ascii_case(field)) {
+                    problems.push(format!(
+                        "{at}: reveal = {field:?} is no secret field of Contabo's API; name one \
+                         of {}",
+                        known.join(", ")
+                    ));
+                }
             }
         }
         problems

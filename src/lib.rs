@@ -22,5 +22,7 @@ pub mod request_id;
 pub mod routes;
 pub mod sandbox;
 pub mod shutdown;
+pub mod team_token;
 pub mod telemetry;
+pub mod token_endpoint;
 pub mod upstream;

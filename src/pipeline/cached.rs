@@ -78,7 +78,7 @@ async fn fetch(
     let body = gw.upstream.read_body(body).await?;
     let non_admin_body = match call.route.filter(|r| r.carries_secrets()) {
         None => NonAdminBody::Same,
-        Some(route) => match redacted(status, &headers, &body, route) {
+        Some(route) => match redacted(status, &headers, &body, route, route.secret_fields) {
             Ok(redacted) => NonAdminBody::Redacted(redacted),
             Err(error) => NonAdminBody::Unreadable(error),
         },
@@ -93,14 +93,18 @@ fn serve(
     cache_status: &'static str,
     with_age: bool,
 ) -> Result<Response, GatewayError> {
-    let body = if call.client.role.sees_secrets() {
-        entry.body.clone()
-    } else {
-        match &entry.non_admin_body {
-            NonAdminBody::Same => entry.body.clone(),
-            NonAdminBody::Redacted(body) => body.clone(),
-            NonAdminBody::Unreadable(error) => return Err(error.clone()),
+    let route_fields = call.route.map_or(&[][..], |r| r.secret_fields);
+    let hidden = call.client.hidden_fields(route_fields);
+    let body = match (&entry.non_admin_body, call.route) {
+        _ if hidden.is_empty() => entry.body.clone(),
+        (NonAdminBody::Same, _) => entry.body.clone(),
+        (NonAdminBody::Unreadable(error), _) => return Err(error.clone()),
+        (NonAdminBody::Redacted(body), _) if hidden.len() == route_fields.len() => body.clone(),
+        // A team that may see some of the route's secrets (`reveal`) but not all of them.
+        (NonAdminBody::Redacted(_), Some(route)) => {
+            redacted(entry.status, &entry.headers, &entry.body, route, &hidden)?
         }
+        (NonAdminBody::Redacted(body), None) => body.clone(),
     };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = entry.status;

@@ -13,6 +13,7 @@ use super::CallContext;
 use crate::app::Gateway;
 use crate::clients::{Client, KeyProblem, presented_key};
 use crate::error::GatewayError;
+use crate::team_token::{Refused, TokenSigner, Use, looks_like_token};
 
 /// Refuses paths that could mean something else after normalisation: dot segments, encoded
 /// slashes and backslashes, empty segments. Allocation-free and mostly memchr: it runs on every
@@ -91,8 +92,9 @@ pub fn check_header_values(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
-/// The calling team, from its key. An address that got too many 401s lately is refused first
-/// (429), whatever key it sends; a 401 counts against its address.
+/// The calling team, from its key or from an access token of the gateway's token endpoint. An
+/// address that got too many 401s lately is refused first (429), whatever it sends; a 401 counts
+/// against its address.
 pub fn identify(
     gw: &Gateway,
     headers: &HeaderMap,
@@ -101,15 +103,31 @@ pub fn identify(
     gw.auth_throttle.check(address)?;
     let identified = presented_key(headers)
         .map_err(|p| GatewayError::Unauthenticated(p.message()))
-        .and_then(|key| {
-            gw.clients()
-                .identify(key)
-                .ok_or(GatewayError::Unauthenticated(KeyProblem::Unknown.message()))
+        .and_then(|credential| match &gw.team_tokens {
+            Some(signer) if looks_like_token(credential) => team_of_token(gw, signer, credential)
+                .map_err(|refused| GatewayError::Unauthenticated(refused.message())),
+            _ => gw
+                .clients()
+                .identify(credential)
+                .ok_or(GatewayError::Unauthenticated(KeyProblem::Unknown.message())),
         });
     if identified.is_err() {
         gw.auth_throttle.failed(address);
     }
     identified
+}
+
+/// The team an access token of this gateway stands for, while the team and its key are current.
+pub fn team_of_token(
+    gw: &Gateway,
+    signer: &TokenSigner,
+    token: &str,
+) -> Result<Arc<Client>, Refused> {
+    let claims = signer.verify(token, Use::Access)?;
+    gw.clients()
+        .named(&claims.azp)
+        .filter(|team| team.key_fingerprint() == claims.kfp)
+        .ok_or(Refused::KeyGone)
 }
 
 pub fn authorize(call: &CallContext, parts: &Parts) -> Result<(), GatewayError> {

@@ -127,11 +127,12 @@ pub async fn respond(
             if route.operation_id == "generateClientSecret" && status.is_success() {
                 adopt_rotated_secret(gw, &call.client, &bytes);
             }
-            if call.client.role.sees_secrets() {
+            let hidden = call.client.hidden_fields(route.secret_fields);
+            if hidden.is_empty() {
                 Body::from(bytes.clone())
             } else {
                 headers.remove(header::CONTENT_LENGTH);
-                Body::from(redacted(status, &headers, &bytes, route)?)
+                Body::from(redacted(status, &headers, &bytes, route, &hidden)?)
             }
         }
     };
@@ -160,7 +161,7 @@ fn invalidated_groups(
     }
 }
 
-/// The body with the route's secret fields redacted, or an error when it is not one whole JSON
+/// The body with `fields` (secret fields of the route) redacted, or an error when it is not one whole JSON
 /// object or array (a 206 slice, another media type, an encoding the gateway does not read): such
 /// an answer cannot be shown free of secrets and is never passed on.
 pub fn redacted(
@@ -168,6 +169,7 @@ pub fn redacted(
     headers: &HeaderMap,
     body: &[u8],
     route: &Operation,
+    fields: &[&str],
 ) -> Result<Bytes, GatewayError> {
     let refuse = || {
         GatewayError::BadUpstreamResponse(format!(
@@ -195,7 +197,7 @@ pub fn redacted(
     {
         return Err(refuse());
     }
-    redact::redact_json_body(body, route.secret_fields)
+    redact::redact_json_body(body, fields)
         .map(Bytes::from)
         .ok_or_else(refuse)
 }

@@ -1,12 +1,14 @@
 //! A built-in Contabo sandbox upstream: `serve --sandbox` and the fixture of the integration tests.
 //!
 //! It runs in-process on a loopback port and behaves like Contabo where the gateway depends on it:
-//! the Keycloak token endpoint, the whole Users API (stateful), roles, compute instances, and
+//! the Keycloak token endpoint (JWT access tokens naming the account's user), the whole Users API
+//! (stateful), roles, compute instances, DNS zones and records, a domain's auth code, and
 //! Contabo's own checks (401 without a valid token, 400 without a valid x-request-id). Tests read
 //! what it received and switch faults on through [`SandboxState`].
 
 mod auth;
 mod compute;
+mod dns;
 pub mod state;
 mod users;
 
@@ -20,7 +22,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, patch, post, put};
 use axum::serve::ListenerExt;
 use axum::{Json, body::Bytes};
 use http::StatusCode;
@@ -115,6 +117,23 @@ pub fn router(state: Arc<SandboxState>) -> Router {
         .route(
             "/v1/compute/instances/{instance_id}",
             get(compute::get_instance),
+        )
+        .route("/v1/dns/zones", get(dns::list_zones).post(dns::create_zone))
+        .route(
+            "/v1/dns/zones/{zone}",
+            get(dns::get_zone).delete(dns::delete_zone),
+        )
+        .route(
+            "/v1/dns/zones/{zone}/records",
+            get(dns::list_records).post(dns::create_record),
+        )
+        .route(
+            "/v1/dns/zones/{zone}/records/{record_id}",
+            patch(dns::update_record).delete(dns::delete_record),
+        )
+        .route(
+            "/v1/domains/{domain}/generate-auth-code",
+            post(dns::generate_auth_code),
         )
         .fallback(|| async { contabo_error(StatusCode::NOT_FOUND, "Not Found") })
         .layer(middleware::from_fn_with_state(

@@ -93,6 +93,8 @@ pub struct Data {
     pub user_audits: Vec<UserAudit>,
     /// (userId, credentialId) -> secretKey
     pub s3_secrets: BTreeMap<(String, i64), String>,
+    /// DNS zone name -> its records.
+    pub dns_zones: BTreeMap<String, Vec<Value>>,
     pub next_id: i64,
 }
 
@@ -145,6 +147,8 @@ pub struct Faults {
 pub struct SandboxState {
     pub options: SandboxOptions,
     pub credential: Mutex<SandboxCredential>,
+    /// The user id of the account owner, whose credential the sandbox's tokens stand for.
+    owner: String,
     pub access_tokens: Mutex<HashMap<String, Instant>>,
     pub refresh_tokens: Mutex<HashMap<String, Instant>>,
     /// Every access and refresh token ever issued, for tests that look for leaks.
@@ -178,9 +182,11 @@ impl SandboxState {
             roles: vec![],
             owner: true,
         };
+        let owner_id = owner.user_id.clone();
         data.users.insert(owner.user_id.clone(), owner);
         Self {
             options,
+            owner: owner_id,
             credential: Mutex::new(credential),
             access_tokens: Mutex::default(),
             refresh_tokens: Mutex::default(),
@@ -194,8 +200,7 @@ impl SandboxState {
 
     /// The id of the account owner the sandbox starts with (the first user).
     pub fn owner_id(&self) -> String {
-        let data = self.data.lock().unwrap();
-        data.users.keys().next().cloned().unwrap_or_default()
+        self.owner.clone()
     }
 
     pub fn credential(&self) -> SandboxCredential {
@@ -205,7 +210,7 @@ impl SandboxState {
     /// Issues an access and a refresh token with the configured lifetimes.
     pub fn issue_tokens(&self) -> (String, String) {
         let now = Instant::now();
-        let access = random_token();
+        let access = self.access_jwt();
         let refresh = random_token();
         self.access_tokens.lock().unwrap().insert(
             access.clone(),
@@ -220,6 +225,28 @@ impl SandboxState {
             .unwrap()
             .extend([access.clone(), refresh.clone()]);
         (access, refresh)
+    }
+
+    /// An access token shaped like Keycloak's: a JWT naming the account's user (`sub`, the owner)
+    /// and `preferred_username`, which Contabo's tools read. Signed with a per-sandbox key nobody
+    /// verifies but the sandbox itself (by looking the token up).
+    fn access_jwt(&self) -> String {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = serde_json::json!({
+            "exp": now + self.options.access_token_secs.ceil() as u64,
+            "iat": now,
+            "jti": uuid::Uuid::new_v4().to_string(),
+            "iss": "sandbox/auth/realms/contabo",
+            "typ": "Bearer",
+            "azp": self.credential().client_id,
+            "sub": self.owner_id(),
+            "preferred_username": self.credential().username,
+            "scope": "profile email",
+        });
+        let key = jsonwebtoken::EncodingKey::from_secret(random_token().as_bytes())
+            .expect("a random key signs");
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)
+            .expect("claims serialise")
     }
 
     pub fn access_token_valid(&self, token: &str) -> bool {

@@ -117,6 +117,8 @@ pub struct TokenManager {
     password: SecretString,
     state: RwLock<State>,
     grant_lock: tokio::sync::Mutex<()>,
+    /// The `sub` claim of the last access token: the user id of the company's credential.
+    subject: RwLock<Option<String>>,
     pub stats: TokenStats,
 }
 
@@ -131,8 +133,16 @@ impl TokenManager {
             password: credentials.password,
             state: RwLock::default(),
             grant_lock: tokio::sync::Mutex::new(()),
+            subject: RwLock::default(),
             stats: TokenStats::default(),
         }
+    }
+
+    /// The user id of the company's Contabo credential, from the `sub` claim of the access token
+    /// (Contabo's tokens are JWTs); None until a token with one was granted. It outlives the
+    /// token: the credential's user does not change.
+    pub fn subject(&self) -> Option<String> {
+        self.subject.read().expect("token subject lock").clone()
     }
 
     /// The `Authorization` header value for upstream: a valid bearer token, granted if needed.
@@ -326,6 +336,9 @@ impl TokenManager {
                         .to_string()
                 })?;
         header.set_sensitive(true);
+        if let Some(subject) = subject_of(token.access_token.expose_secret()) {
+            *self.subject.write().expect("token subject lock") = Some(subject);
+        }
         let access = Access {
             header: header.clone(),
             refresh_at: sent_at + life.mul_f64(REFRESH_AT_FRACTION),
@@ -367,6 +380,19 @@ impl TokenManager {
             retry_after_secs: secs_until(until),
         }
     }
+}
+
+/// The `sub` claim of a JWT, read without verifying it: the gateway only passes it on, and the
+/// token came straight from the auth server.
+fn subject_of(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Subject {
+        sub: Option<String>,
+    }
+    jsonwebtoken::dangerous::insecure_decode_claims::<Subject>(token)
+        .ok()?
+        .sub
+        .filter(|sub| !sub.is_empty())
 }
 
 fn secs_until(t: Instant) -> u64 {

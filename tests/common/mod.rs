@@ -93,6 +93,7 @@ fn client(name: &str, role: Role) -> (String, ClientConfig) {
         role,
         per_second: 1000.0,
         burst: 1000,
+        reveal: vec![],
     };
     (key, cfg)
 }
