@@ -357,6 +357,15 @@ fn check_config(path: Option<PathBuf>) -> Result<(), String> {
         config.upstream.api_url, config.upstream.auth_url
     );
     println!("  clients: {}", config.clients.len());
+    let signing_key = config.auth.signing_key_bytes()?;
+    println!(
+        "  token endpoint: {}",
+        if signing_key.is_some() {
+            "on (auth: a signing key is set)"
+        } else {
+            "off (set auth.token_signing_key_file or GATEWAY_TOKEN_SIGNING_KEY to turn it on)"
+        }
+    );
     match Credentials::from_env() {
         Ok(c) => println!("  credential: client {} as {}", c.client_id, c.username),
         Err(e) => println!("  note: {e}"),
@@ -407,13 +416,14 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let gateway = Arc::new(Gateway::new(config, credentials)?);
-    println!("contabo-gateway listening on http://{addr} (config: {source})");
     if gateway.team_tokens.is_some() {
         println!(
             "token endpoint: http://{addr}{}",
             crate::token_endpoint::TOKEN_PATH
         );
     }
+    // The last line printed: whoever waits for it may close stdout after reading it.
+    println!("contabo-gateway listening on http://{addr} (config: {source})");
     tracing::info!(%addr, config = %source, sandbox = use_sandbox, workers, "gateway started");
     #[cfg(unix)]
     let _reloader = crate::reload::on_sighup(gateway.clone(), source, sandbox_clients)

@@ -764,6 +764,34 @@ mod tests {
     }
 
     #[test]
+    fn reveal_and_token_settings_are_checked() {
+        let digest = "ab".repeat(32);
+        let cfg = Config::from_toml(&format!(
+            "[auth]\ntoken_signing_key_file = '/nonexistent/key'\ntoken_lifetime_secs = 600\n\
+             refresh_token_lifetime_secs = 60\n\
+             [[clients]]\nname='a'\nkey_sha256='{digest}'\nrole='operator'\n\
+             reveal = ['secretKey', 'password']\n"
+        ))
+        .unwrap();
+        let problems = cfg.problems().join("\n");
+        assert!(
+            problems.contains("\"password\" is no secret field"),
+            "{problems}"
+        );
+        assert!(!problems.contains("\"secretKey\""), "{problems}");
+        assert!(problems.contains("/nonexistent/key"), "{problems}");
+        assert!(problems.contains("must outlive"), "{problems}");
+        let mut short = Config::default();
+        short.apply_env(|k| (k == "GATEWAY_TOKEN_SIGNING_KEY").then(|| "short".into()));
+        let problems = short.problems().join("\n");
+        assert!(problems.contains("at least 32"), "{problems}");
+        assert!(
+            !problems.contains("short\""),
+            "the key is never echoed: {problems}"
+        );
+    }
+
+    #[test]
     fn bad_role_is_explained() {
         let err =
             Config::from_toml("[[clients]]\nname='a'\nkey_sha256='00'\nrole='root'\n").unwrap_err();

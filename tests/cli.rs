@@ -228,3 +228,100 @@ async fn serve_sandbox_works_with_the_printed_key_and_exits_0_on_sigterm() {
     let status = terminate(&mut child);
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
 }
+
+/// The README's recipes for Contabo's own tools, against `serve --sandbox` with only URLs and a
+/// team's name and key configured: the token requests `cntb` and the Terraform provider send, the
+/// parts of the answer they read, and the calls they then make.
+#[tokio::test]
+async fn cntb_and_terraform_token_flows_work_against_serve_sandbox() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    let (team_key, block) = new_key("platform ops", "operator");
+    std::fs::write(&config, &block).unwrap();
+    let config_arg = config.to_str().unwrap().to_string();
+    let (mut child, url, lines) = serve(&["--sandbox", "--config", &config_arg], &[]);
+    let token_url = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("token endpoint: "))
+        .expect("the sandbox prints its token endpoint")
+        .to_string();
+    assert_eq!(
+        token_url,
+        format!("{url}/auth/realms/contabo/protocol/openid-connect/token")
+    );
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // cntb: Go's x/oauth2 password grant, client credentials by HTTP Basic, each part escaped as
+    // url.QueryEscape escapes it.
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("platform+ops:{}", team_key.replace('-', "%2D")));
+    let answer: serde_json::Value = http
+        .post(&token_url)
+        .header("authorization", format!("Basic {basic}"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "ops@example.com"),
+            ("password", "unused"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = answer["access_token"].as_str().expect("an access token");
+    let payload = access.split('.').nth(1).unwrap();
+    let payload = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let payload: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(payload["preferred_username"], "ops@example.com");
+    let instances = http
+        .get(format!("{url}/v1/compute/instances"))
+        .bearer_auth(access)
+        .header("x-request-id", uuid::Uuid::new_v4().to_string())
+        .header("x-trace-id", "arcus_cli")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(instances.status(), 200);
+
+    // Terraform's provider: a hand-built form (not URL-encoded), integer lifetimes, the token
+    // parsed as a JWT for its `sub`, then the S3 credentials of that user.
+    let form = format!(
+        "client_id=platform ops&client_secret={team_key}&username=ops@example.com&password=unused&grant_type=password"
+    );
+    let answer: serde_json::Value = http
+        .post(&token_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for field in ["expires_in", "refresh_expires_in", "not-before-policy"] {
+        assert!(answer[field].is_i64(), "{field}: {answer}");
+    }
+    let access = answer["access_token"].as_str().unwrap();
+    let claims =
+        jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(access).unwrap();
+    let sub = claims["sub"].as_str().expect("a string sub");
+    let credentials = http
+        .get(format!("{url}/v1/users/{sub}/object-storages/credentials"))
+        .bearer_auth(access)
+        .header("x-request-id", uuid::Uuid::new_v4().to_string())
+        .header("x-trace-id", "contabo_terraform_provider")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(credentials.status(), 200);
+    let body: serde_json::Value = credentials.json().await.unwrap();
+    assert_eq!(
+        body["data"][0]["secretKey"], "[REDACTED]",
+        "an operator without reveal sees the S3 secret redacted"
+    );
+    assert!(terminate(&mut child).success());
+}

@@ -306,8 +306,23 @@ pub fn gateway_command(
         .env("CONTABO_API_USER", &credential.username)
         .env("CONTABO_API_PASSWORD", &credential.password)
         .env_remove("GATEWAY_REDIS_URL")
+        .env_remove("GATEWAY_TOKEN_SIGNING_KEY")
         .env_remove("GATEWAY_CONFIG");
     command
+}
+
+/// A team with a fresh key, for a config built in the test: its key and its config.
+pub fn team_block(name: &str, role: &str, reveal: &[&str]) -> (String, ClientConfig) {
+    let key = generate_key();
+    let config = ClientConfig {
+        name: name.into(),
+        key_sha256: hex::encode(sha256(key.as_bytes())),
+        role: serde_json::from_value(serde_json::json!(role)).unwrap(),
+        per_second: 1000.0,
+        burst: 1000,
+        reveal: reveal.iter().map(|r| r.to_string()).collect(),
+    };
+    (key, config)
 }
 
 /// A `[[clients]]` block for a fresh admin key.
