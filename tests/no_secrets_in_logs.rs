@@ -1,7 +1,7 @@
 //! Secrets never reach the logs: every log line of a busy session (grants, refreshes, a 401 retry,
 //! a refused key, secret rotation, redaction), captured at TRACE level for every crate including the
 //! HTTP stacks, is searched for the team keys, the Contabo password and client secrets, and every
-//! access and refresh token the sandbox issued.
+//! access and refresh token the sandbox and the gateway's own token endpoint issued.
 
 mod common;
 
@@ -40,7 +40,10 @@ async fn no_key_token_or_secret_appears_in_any_log_line() {
         .init();
 
     let options = SandboxOptions::lifetimes(1.0, 30.0);
-    let gw = start_with(options, |_| {}).await;
+    let gw = start_with(options, |config| {
+        config.auth.signing_key = Some("the signing key of the log test, 32 bytes or more".into());
+    })
+    .await;
     let first_secret = gw.sandbox().credential().client_secret;
     let password = gw.sandbox().credential().password;
     let keys = [
@@ -89,6 +92,59 @@ async fn no_key_token_or_secret_appears_in_any_log_line() {
         .await
         .unwrap();
 
+    // The gateway's token endpoint: a grant, a refresh, a call with the token, a refused secret.
+    let token_url = format!("{}{}", gw.url, contabo_gateway::token_endpoint::TOKEN_PATH);
+    let form = |fields: &[(&str, &str)]| {
+        common::http()
+            .post(&token_url)
+            .form(&fields.iter().copied().collect::<Vec<_>>())
+            .send()
+    };
+    let granted: serde_json::Value = form(&[
+        ("grant_type", "password"),
+        ("client_id", "team-operator"),
+        ("client_secret", &gw.keys.operator),
+        ("username", "ops@example.com"),
+        ("password", "the-tools-password"),
+    ])
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let refreshed: serde_json::Value = form(&[
+        ("grant_type", "refresh_token"),
+        ("client_id", "team-operator"),
+        ("client_secret", &gw.keys.operator),
+        ("refresh_token", granted["refresh_token"].as_str().unwrap()),
+    ])
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let gateway_tokens: Vec<String> = [&granted, &refreshed]
+        .iter()
+        .flat_map(|answer| {
+            ["access_token", "refresh_token"].map(|f| answer[f].as_str().unwrap().to_string())
+        })
+        .collect();
+    gw.get("/v1/users", &gateway_tokens[2])
+        .send()
+        .await
+        .unwrap();
+    let forged = format!("{}x", gateway_tokens[0]);
+    gw.get("/v1/users", &forged).send().await.unwrap();
+    form(&[
+        ("grant_type", "password"),
+        ("client_id", "team-operator"),
+        ("client_secret", "a-wrong-secret-looking-value"),
+        ("username", "ops@example.com"),
+        ("password", "the-tools-password"),
+    ])
+    .await
+    .unwrap();
+
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(
         log.lines().count() > 50,
@@ -115,6 +171,17 @@ async fn no_key_token_or_secret_appears_in_any_log_line() {
     for token in issued {
         secrets.push(("token".into(), token));
     }
+    for token in gateway_tokens {
+        let signature = token.rsplit('.').next().unwrap().to_string();
+        secrets.push(("gateway token".into(), token));
+        secrets.push(("gateway token's signature".into(), signature));
+    }
+    secrets.push(("tool's password".into(), "the-tools-password".into()));
+    secrets.push((
+        "wrong client secret".into(),
+        "a-wrong-secret-looking-value".into(),
+    ));
+    secrets.push(("forged token".into(), forged));
     for (what, value) in secrets {
         assert!(!log.contains(&value), "a {what} appears in the log");
     }
