@@ -97,7 +97,7 @@ async fn no_key_token_or_secret_appears_in_any_log_line() {
     let form = |fields: &[(&str, &str)]| {
         common::http()
             .post(&token_url)
-            .form(&fields.iter().copied().collect::<Vec<_>>())
+            .form(&fields.to_vec())
             .send()
     };
     let granted: serde_json::Value = form(&[
