@@ -107,7 +107,7 @@ impl FromRequestParts<Arc<Gateway>> for AuditReader {
 
 /// The call's request id when the caller's role is one of `roles`, the refusal otherwise.
 fn permit(parts: &Parts, gw: &Gateway, roles: &[Role]) -> Result<RequestId, Refusal> {
-    let (request_id, _) = RequestId::from_headers(&parts.headers);
+    let request_id = RequestId::of_call(&parts.extensions, &parts.headers);
     let address = parts
         .extensions
         .get::<crate::app::ClientAddr>()
@@ -289,11 +289,4 @@ pub async fn audit_verify(
         }
         Err(reason) => GatewayError::AuditUnavailable(reason).into_response_with(&request_id),
     }
-}
-
-/// A panic in a handler becomes a JSON 500 instead of a dropped connection.
-pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a handler panicked");
-    GatewayError::Internal("the gateway failed on this call; it has been logged".into())
-        .into_response_with(&RequestId::generate())
 }

@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::audit::AuditLog;
 use crate::auth_throttle::AuthThrottle;
@@ -23,7 +25,9 @@ use crate::cache::ResponseCache;
 use crate::clients::ClientRegistry;
 use crate::config::{ClientConfig, Config, Credentials};
 use crate::connection::{AcceptErrors, Activity, Limits, Watched};
+use crate::error::GatewayError;
 use crate::ratelimit::RateLimits;
+use crate::request_id::{Origin, RequestId};
 use crate::routes::RouteTable;
 use crate::team_token::TokenSigner;
 use crate::upstream::Upstream;
@@ -99,8 +103,8 @@ impl Gateway {
     }
 }
 
-/// The router: gateway endpoints under /_gateway, Contabo calls (/v1/**) through the pipeline,
-/// 400/404 elsewhere.
+/// The router of the gateway's own endpoints: the token endpoint, /_gateway/**, 400/404 for every
+/// other path outside /v1.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route(token_endpoint::TOKEN_PATH, post(token_endpoint::token))
@@ -114,49 +118,149 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             "/_gateway/cache",
             get(admin::cache_stats).delete(admin::cache_purge),
         )
-        // /v1/** and everything unknown: a fallback takes no path parameters to extract.
-        .fallback(pipeline::dispatch)
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            admin::panic_response,
-        ))
+        // Everything else outside /v1 (Contabo calls never reach the router).
+        .fallback(pipeline::not_found)
         .with_state(gateway)
 }
 
-/// A Contabo call straight from the connection to the pipeline: the router's matching and layers
-/// are for the gateway's own endpoints, and every call would pay for them. A panic is answered as
-/// the router's `CatchPanicLayer` answers it.
-async fn serve_contabo_call(
+/// Every call, whichever endpoint serves it, goes through here: its request id (the caller's
+/// valid one, else a new one) and the span that carries it, the count of calls in flight, a panic
+/// answered as a JSON 500 with the call's own request id, and the "call finished" log line. Contabo
+/// calls go straight to the pipeline; the router's matching is for the gateway's own endpoints.
+async fn serve_call(
     gateway: Arc<Gateway>,
-    request: axum::extract::Request,
+    router: Router,
+    mut request: axum::extract::Request,
     peer: SocketAddr,
 ) -> Result<axum::response::Response, std::convert::Infallible> {
-    use futures_util::FutureExt;
-    let call = std::panic::AssertUnwindSafe(pipeline::handle(gateway, request, Some(peer)));
-    Ok(call
-        .catch_unwind()
-        .await
-        .unwrap_or_else(admin::panic_response))
+    let (request_id, origin) = RequestId::from_headers(request.headers());
+    let span = tracing::info_span!(
+        "call",
+        request_id = %request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        client = tracing::field::Empty,
+        route = tracing::field::Empty,
+    );
+    let served = if pipeline::is_contabo_call(request.uri().path()) {
+        Either::Left(pipeline::handle(
+            &gateway,
+            request,
+            request_id.clone(),
+            Some(peer),
+        ))
+    } else {
+        request.extensions_mut().insert(ClientAddr(peer));
+        request.extensions_mut().insert(request_id.clone());
+        Either::Right(async move {
+            match router.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        })
+    };
+    Ok(within_call(&gateway, &request_id, origin, served)
+        .instrument(span)
+        .await)
 }
 
-/// Serves on one listener in the current runtime until `shutdown` resolves, then stops accepting
-/// and lets calls in flight finish for at most `server.shutdown_timeout_secs`.
-pub async fn serve(
+/// What the wrapper does around every served call, inside its span.
+async fn within_call(
+    gateway: &Gateway,
+    request_id: &RequestId,
+    origin: Origin,
+    served: impl std::future::Future<Output = axum::response::Response>,
+) -> axum::response::Response {
+    use futures_util::FutureExt;
+    if origin == Origin::ReplacedMalformed {
+        tracing::debug!("the caller's x-request-id does not match Contabo's pattern; replaced");
+    }
+    let _in_flight = InFlight::enter(gateway);
+    let started = Instant::now();
+    let mut response = std::panic::AssertUnwindSafe(served)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!("the call panicked inside the gateway");
+            GatewayError::Internal(
+                "the gateway failed on this call; it has been logged with this request id".into(),
+            )
+            .into_response_with(request_id)
+        });
+    response
+        .headers_mut()
+        .entry(crate::request_id::HEADER)
+        .or_insert_with(|| request_id.header_value());
+    let status = response.status().as_u16();
+    tracing::info!(
+        status,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "call finished"
+    );
+    response
+}
+
+/// Counts calls in flight; the count drops even when a caller disconnects and the call is dropped.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(gw: &'a Gateway) -> Self {
+        gw.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(&gw.in_flight)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The gateway, built and bound, ready to run: what `main` (and `serve --sandbox`) runs, and what
+/// every integration test starts, so the tests exercise the serving code that ships.
+pub struct Application {
     gateway: Arc<Gateway>,
-    listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let background = start_background_tasks(&gateway);
-    gateway.limits.connect().await;
-    let result = accept_loop(gateway.clone(), listener, shutdown).await;
-    gateway.audit.flush().await;
-    background.into_iter().for_each(|task| task.abort());
-    result
+    listeners: Vec<std::net::TcpListener>,
+    address: SocketAddr,
+}
+
+impl Application {
+    /// Binds `server.listen` (one socket per worker) and builds the shared state: everything that
+    /// can fail at start fails here, before anything is served.
+    pub async fn build(config: Config, credentials: Credentials) -> Result<Self, String> {
+        let listeners = bind_workers(config.listen_addr(), config.worker_count())
+            .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+        let address = listeners[0].local_addr().map_err(|e| e.to_string())?;
+        let gateway = Arc::new(Gateway::new(config, credentials)?);
+        Ok(Self {
+            gateway,
+            listeners,
+            address,
+        })
+    }
+
+    /// The address it listens on (the port resolved when `server.listen` asked for port 0).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Serves until `shutdown` resolves, then drains (see [`serve_workers`]).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        serve_workers(self.gateway, self.listeners, shutdown).await
+    }
 }
 
 /// Serves on `listeners` (bound with [`bind_workers`]), each in its own single-threaded runtime on
 /// its own thread, like nginx's worker processes: a call stays on one thread from accept to answer,
 /// and the kernel spreads connections across workers. Returns when every worker has drained.
-pub async fn serve_workers(
+async fn serve_workers(
     gateway: Arc<Gateway>,
     listeners: Vec<std::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -211,10 +315,7 @@ pub async fn serve_workers(
 /// SO_REUSEPORT is for this process's own workers only: when something already listens on the
 /// port (another gateway, whose workers would otherwise share it with ours and split the traffic),
 /// binding fails with `AddrInUse` naming the address.
-pub fn bind_workers(
-    addr: SocketAddr,
-    workers: usize,
-) -> std::io::Result<Vec<std::net::TcpListener>> {
+fn bind_workers(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     if addr.port() != 0 {
         refuse_a_served_port(addr)?;
     }
@@ -255,7 +356,7 @@ fn refuse_a_served_port(addr: SocketAddr) -> std::io::Result<()> {
 }
 
 /// The caller's address for the router's endpoints (the 401 throttle counts by it); Contabo calls
-/// get it straight from the connection.
+/// get it straight from the connection. The call's [`RequestId`] is in the extensions too.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
@@ -306,15 +407,10 @@ async fn accept_loop(
         let service =
             hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let call = calls.call();
-                let mut request = request.map(axum::body::Body::new);
-                let answer = if pipeline::is_contabo_call(request.uri().path()) {
-                    // Boxed: hyper keeps the call's future where it is instead of moving its
-                    // kilobytes into the connection's state.
-                    Either::Left(Box::pin(serve_contabo_call(gateway.clone(), request, peer)))
-                } else {
-                    request.extensions_mut().insert(ClientAddr(peer));
-                    Either::Right(router.clone().oneshot(request))
-                };
+                let request = request.map(axum::body::Body::new);
+                // Boxed: hyper keeps the call's future where it is instead of moving its kilobytes
+                // into the connection's state.
+                let answer = Box::pin(serve_call(gateway.clone(), router.clone(), request, peer));
                 async move {
                     let answered = answer.await;
                     drop(call);
@@ -397,4 +493,60 @@ fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle
         }));
     }
     tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway() -> Gateway {
+        let mut config = Config::default();
+        config.audit.enabled = false;
+        let credentials = Credentials {
+            client_id: "id".into(),
+            client_secret: "secret".to_string().into(),
+            username: "user".into(),
+            password: "password".to_string().into(),
+        };
+        Gateway::new(config, credentials).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_call_is_answered_as_json_with_its_own_request_id() {
+        let gw = gateway();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "x-request-id",
+            "04e0f898-37b4-48bc-a794-1a57abe6aa31".parse().unwrap(),
+        );
+        let (request_id, origin) = RequestId::from_headers(&headers);
+        let response = within_call(&gw, &request_id, origin, async {
+            panic!("a handler's bug");
+        })
+        .await;
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()["x-request-id"], request_id.as_str());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["request_id"], "04e0f898-37b4-48bc-a794-1a57abe6aa31");
+        assert_eq!(body["error"], "internal_error");
+        assert_eq!(
+            gw.in_flight.load(Ordering::SeqCst),
+            0,
+            "the call is no longer in flight"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_answer_carries_the_calls_request_id() {
+        let gw = gateway();
+        let (request_id, origin) = RequestId::from_headers(&http::HeaderMap::new());
+        let response = within_call(&gw, &request_id, origin, async {
+            axum::response::IntoResponse::into_response("ok")
+        })
+        .await;
+        assert_eq!(response.headers()["x-request-id"], request_id.as_str());
+    }
 }

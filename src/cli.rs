@@ -2,13 +2,12 @@
 //! small function.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use std::collections::HashMap;
 
-use crate::app::{self, Gateway};
+use crate::app::Application;
 use crate::audit::query::{Filter, Format, csv_line, parse_time, table_line};
 use crate::audit::reconcile::reconcile;
 use crate::audit::store::Store;
@@ -412,10 +411,9 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
         Credentials::from_env()?
     };
     let workers = config.worker_count();
-    let listeners = app::bind_workers(config.listen_addr(), workers)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-    let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
-    let gateway = Arc::new(Gateway::new(config, credentials)?);
+    let application = Application::build(config, credentials).await?;
+    let addr = application.address();
+    let gateway = application.gateway().clone();
     if gateway.team_tokens.is_some() {
         println!(
             "token endpoint: http://{addr}{}",
@@ -426,9 +424,10 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
     println!("contabo-gateway listening on http://{addr} (config: {source})");
     tracing::info!(%addr, config = %source, sandbox = use_sandbox, workers, "gateway started");
     #[cfg(unix)]
-    let _reloader = crate::reload::on_sighup(gateway.clone(), source, sandbox_clients)
+    let _reloader = crate::reload::on_sighup(gateway, source, sandbox_clients)
         .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
-    app::serve_workers(gateway, listeners, shutdown::signal())
+    application
+        .run_until_stopped(shutdown::signal())
         .await
         .map_err(|e| format!("server error: {e}"))?;
     drop(sandbox);

@@ -58,6 +58,15 @@ impl RequestId {
         }
     }
 
+    /// The id the per-call wrapper gave this call (it stores it in the request's extensions);
+    /// outside the wrapper, the policy applied to the headers.
+    pub fn of_call(extensions: &http::Extensions, headers: &HeaderMap) -> Self {
+        extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| Self::from_headers(headers).0)
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ASCII hex digits and hyphens can be inside: checked on construction.
         self.0.to_str().unwrap_or_default()

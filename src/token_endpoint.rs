@@ -82,7 +82,7 @@ impl OAuthError {
 
 /// POST on the token path.
 pub async fn token(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
-    let (request_id, _) = RequestId::from_headers(request.headers());
+    let request_id = RequestId::of_call(request.extensions(), request.headers());
     let Some(signer) = &gw.team_tokens else {
         return GatewayError::NotFound(
             "the gateway's token endpoint is off: set auth.token_signing_key_file (or \

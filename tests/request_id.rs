@@ -78,3 +78,34 @@ async fn gateway_errors_carry_the_request_id() {
     assert_eq!(response.headers()["x-request-id"], VALID_REQUEST_ID);
     assert_eq!(json(response).await["request_id"], VALID_REQUEST_ID);
 }
+
+/// The gateway's own endpoints get the same per-call treatment as Contabo calls: the caller's
+/// valid request id is kept, echoed, and is the one an error names.
+#[tokio::test]
+async fn gateway_endpoints_keep_and_echo_the_calls_request_id() {
+    let gw = start().await;
+    for (path, key, status) in [
+        ("/_gateway/health", None, 200),
+        ("/_gateway/status", Some("not-a-key"), 401),
+        ("/_gateway/status", Some(gw.keys.readonly.as_str()), 403),
+        ("/elsewhere", None, 404),
+    ] {
+        let mut request = common::http()
+            .get(format!("{}{path}", gw.url))
+            .header("x-request-id", VALID_REQUEST_ID);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        assert_eq!(
+            response.headers()["x-request-id"],
+            VALID_REQUEST_ID,
+            "{path}"
+        );
+        if status != 200 {
+            let body = json(response).await;
+            assert_eq!(body["request_id"], VALID_REQUEST_ID, "{path}: {body}");
+        }
+    }
+}

@@ -22,28 +22,26 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 mod cached;
 mod checks;
 mod forward;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::Response;
 use http::Method;
 use http::request::Parts;
-use tracing::Instrument;
 
 pub use checks::{check_path, identify};
 
-use crate::app::{ClientAddr, Gateway};
+use crate::app::Gateway;
 use crate::audit::AuditTrail;
 use crate::clients::Client;
 use crate::error::GatewayError;
 use crate::metrics;
 use crate::ratelimit::Quota;
-use crate::request_id::{Origin, RequestId};
+use crate::request_id::RequestId;
 use crate::routes::Operation;
 use checks::{authorize, check_header_values, check_method, read_body};
 use forward::{forward, respond};
@@ -69,54 +67,34 @@ pub fn is_contabo_call(path: &str) -> bool {
     path == "/v1" || path.starts_with("/v1/")
 }
 
-/// Everything the router does not serve itself: /v1 and /v1/** go through the pipeline.
-pub async fn dispatch(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
-    if is_contabo_call(request.uri().path()) {
-        let peer = request.extensions().get::<ClientAddr>().map(|a| a.0);
-        handle(gw, request, peer).await
-    } else {
-        not_found(request).await
-    }
-}
-
-/// Entry point for /v1/**: runs the pipeline inside a span carrying the request id.
-pub async fn handle(gw: Arc<Gateway>, request: Request, peer: Option<SocketAddr>) -> Response {
-    let (request_id, origin) = RequestId::from_headers(request.headers());
-    let span = tracing::info_span!(
-        "call",
-        request_id = %request_id,
-        method = %request.method(),
-        path = %request.uri().path(),
-        client = tracing::field::Empty,
-        route = tracing::field::Empty,
-    );
-    async move {
-        if origin == Origin::ReplacedMalformed {
-            tracing::debug!("the caller's x-request-id does not match Contabo's pattern; replaced");
-        }
-        let _in_flight = InFlight::enter(&gw);
-        let started = Instant::now();
-        let method = request.method().clone();
-        let mut labels = CallLabels::default();
-        let call = run(&gw, request, request_id.clone(), started, peer, &mut labels);
-        let response = match call.await {
-            Ok(response) => response,
-            Err(error) => error.into_response_with(&request_id),
-        };
-        let took = started.elapsed();
+/// A Contabo call, inside the per-call wrapper (request id, span, in-flight count, panic answer
+/// and log line are the wrapper's, in `app`): runs the pipeline, answers a refusal or failure as
+/// JSON with the call's request id, and counts the call in the metrics of its team and route.
+pub async fn handle(
+    gw: &Arc<Gateway>,
+    request: Request,
+    request_id: RequestId,
+    peer: Option<SocketAddr>,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let mut labels = CallLabels::default();
+    let call = run(gw, request, request_id.clone(), started, peer, &mut labels);
+    let response = match call.await {
+        Ok(response) => response,
+        Err(error) => error.into_response_with(&request_id),
+    };
+    if let Some(client) = &labels.client {
         let status = response.status().as_u16();
-        tracing::info!(
+        metrics::call_finished(
+            labels.route,
+            &method,
             status,
-            duration_ms = took.as_secs_f64() * 1000.0,
-            "call finished"
+            &client.name,
+            started.elapsed(),
         );
-        if let Some(client) = &labels.client {
-            metrics::call_finished(labels.route, &method, status, &client.name, took);
-        }
-        response
     }
-    .instrument(span)
-    .await
+    response
 }
 
 /// What the call's metrics are labelled with, learnt as the pipeline goes (an unidentified
@@ -170,14 +148,16 @@ async fn run(
         Some(trail) => {
             let gw = gw.clone();
             let write = async move { proceed(&gw, &call, &parts, body, Some(trail)).await };
-            tokio::spawn(write.instrument(tracing::Span::current()))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(GatewayError::Internal(
-                        "the call failed inside the gateway; its audit record says interrupted"
-                            .into(),
-                    ))
-                })?
+            tokio::spawn(tracing::Instrument::instrument(
+                write,
+                tracing::Span::current(),
+            ))
+            .await
+            .unwrap_or_else(|_| {
+                Err(GatewayError::Internal(
+                    "the call failed inside the gateway; its audit record says interrupted".into(),
+                ))
+            })?
         }
         None => proceed(gw, &call, &parts, body, None).await?,
     };
@@ -251,25 +231,9 @@ async fn admit(
     Ok((body, quota))
 }
 
-/// Counts calls in flight; the count drops even when a caller disconnects and the call is dropped.
-struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn enter(gw: &'a Gateway) -> Self {
-        gw.in_flight.fetch_add(1, Ordering::SeqCst);
-        Self(&gw.in_flight)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// 400 or 404 for paths outside /v1 and /_gateway, never forwarded.
 pub async fn not_found(request: Request) -> Response {
-    let (request_id, _) = RequestId::from_headers(request.headers());
+    let request_id = RequestId::of_call(request.extensions(), request.headers());
     let error = match check_path(request.uri().path()) {
         Err(e) => e,
         Ok(()) => GatewayError::NotFound(format!(

@@ -6,7 +6,7 @@ pub mod express;
 
 use std::sync::Arc;
 
-use contabo_gateway::app::{self, Gateway};
+use contabo_gateway::app::{Application, Gateway};
 use contabo_gateway::clients::{Role, generate_key, sha256};
 use contabo_gateway::config::{ClientConfig, Config, Credentials};
 use contabo_gateway::sandbox::{Sandbox, SandboxOptions, SandboxState};
@@ -127,11 +127,15 @@ pub async fn start_gateway(
     // Far above anything a test sends; the rate-limit tests set their own.
     config.rate_limit.upstream_per_second = 100_000.0;
     config.rate_limit.upstream_burst = 100_000;
+    // The gateway's own serving path (worker runtimes, SO_REUSEPORT), as `serve` runs it; two
+    // workers so calls from one test can land on different workers.
+    config.server.listen = "127.0.0.1:0".into();
+    config.server.workers = 2;
     tweak(&mut config);
     assert!(config.problems().is_empty(), "{:?}", config.problems());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let gateway = Arc::new(Gateway::new(config, credentials).unwrap());
+    let application = Application::build(config, credentials).await.unwrap();
+    let url = format!("http://{}", application.address());
+    let gateway = application.gateway().clone();
     // The audit store opens in the background; give it a moment so tests start from a ready
     // gateway (tests of a broken store go on after the wait and see it broken).
     for _ in 0..100 {
@@ -141,7 +145,7 @@ pub async fn start_gateway(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app::serve(gateway.clone(), listener, async move {
+    let server = tokio::spawn(application.run_until_stopped(async move {
         let _ = stop_rx.await;
     }));
     TestGateway {
