@@ -16,11 +16,11 @@ use http::StatusCode;
 use http::request::Parts;
 use serde_json::json;
 
-use crate::app::Gateway;
 use crate::audit::query::{self, Filter, Format, csv_line};
 use crate::audit::record::AuditRecord;
 use crate::clients::Role;
 use crate::error::GatewayError;
+use crate::gateway::Gateway;
 use crate::pipeline::identify;
 use crate::request_id::RequestId;
 
@@ -110,7 +110,7 @@ fn permit(parts: &Parts, gw: &Gateway, roles: &[Role]) -> Result<RequestId, Refu
     let request_id = RequestId::of_call(&parts.extensions, &parts.headers);
     let address = parts
         .extensions
-        .get::<crate::app::ClientAddr>()
+        .get::<crate::gateway::ClientAddr>()
         .map(|a| a.0.ip());
     let error = match identify(gw, &parts.headers, address) {
         Ok(client) if roles.contains(&client.role) => return Ok(request_id),
@@ -140,7 +140,30 @@ pub async fn status(State(gw): State<Arc<Gateway>>, _: Admin) -> Response {
 /// Prometheus metrics (text format). Like the probes it needs no key: scrapers rarely carry one.
 /// It names teams but carries no secret; keep the port off the public network.
 pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
-    let text = crate::metrics::render(&gw).await;
+    let cache = gw.cache.stats().await;
+    let token = gw.upstream.tokens.status();
+    let text = crate::metrics::render(&crate::metrics::Levels {
+        cache_hits: cache.hits,
+        cache_stale_hits: cache.stale_hits,
+        cache_misses: cache.misses,
+        cache_evictions: cache.evictions,
+        cache_bytes: cache.bytes,
+        cache_entries: cache.entries,
+        token_password_grants: token.password_grants,
+        token_refresh_grants: token.refresh_grants,
+        token_failures: token.failures,
+        token_remaining_secs: token.expires_in_secs.unwrap_or(0.0),
+        upstream_queue_depth: gw.limits.budget().queued(),
+        upstream_paused_secs: gw
+            .limits
+            .budget()
+            .paused_for()
+            .unwrap_or_default()
+            .as_secs_f64(),
+        audit_queue_depth: gw.audit.queue_depth(),
+        audit_store_up: gw.audit.health().is_ok(),
+        calls_in_flight: gw.in_flight.load(Ordering::Relaxed),
+    });
     (
         [(
             http::header::CONTENT_TYPE,

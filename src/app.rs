@@ -1,11 +1,12 @@
-//! The gateway's shared state and its router: every route and layer, assembled in one place.
+//! The server: the router of the gateway's own endpoints, the per-call wrapper every call goes
+//! through, worker runtimes with their listeners, graceful shutdown, and [`Application`], which
+//! `serve` and every test start.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,93 +16,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::audit::AuditLog;
-use crate::auth_throttle::AuthThrottle;
-use crate::cache::ResponseCache;
-use crate::clients::ClientRegistry;
-use crate::config::{ClientConfig, Config, Credentials};
+use crate::config::{Config, Credentials};
 use crate::connection::{AcceptErrors, Activity, Limits, Watched};
 use crate::error::GatewayError;
-use crate::ratelimit::RateLimits;
+use crate::gateway::{ClientAddr, Gateway};
 use crate::request_id::{Origin, RequestId};
-use crate::routes::RouteTable;
-use crate::team_token::TokenSigner;
-use crate::upstream::Upstream;
 use crate::{admin, pipeline, token_endpoint};
-
-/// Everything a call needs, shared by all calls.
-pub struct Gateway {
-    pub config: Config,
-    clients: ArcSwap<ClientRegistry>,
-    pub routes: RouteTable,
-    pub upstream: Upstream,
-    pub cache: Arc<ResponseCache>,
-    pub audit: AuditLog,
-    pub limits: RateLimits,
-    pub in_flight: AtomicUsize,
-    /// 401s per client address, against key guessing.
-    pub auth_throttle: AuthThrottle,
-    /// Connections served at once across every worker (`server.max_connections`).
-    connections: Arc<Semaphore>,
-    /// Signs and verifies the tokens of the gateway's token endpoint; None turns the endpoint off.
-    pub team_tokens: Option<TokenSigner>,
-}
-
-impl Gateway {
-    pub fn new(config: Config, credentials: Credentials) -> Result<Self, String> {
-        let upstream = Upstream::new(&config.upstream, credentials, config.worker_count())?;
-        let cache = Arc::new(ResponseCache::new(&config.cache)?);
-        crate::metrics::handle();
-        let team_tokens = match config.auth.signing_key_bytes()? {
-            Some(key) => Some(TokenSigner::new(&key).map_err(|e| format!("auth: {e}"))?),
-            None => None,
-        };
-        Ok(Self {
-            team_tokens,
-            audit: AuditLog::start(&config.audit),
-            limits: RateLimits::new(&config.rate_limit)?,
-            cache,
-            clients: ArcSwap::from_pointee(ClientRegistry::from_config(
-                &config.clients,
-                &config.rate_limit,
-            )),
-            routes: RouteTable::default(),
-            upstream,
-            in_flight: AtomicUsize::new(0),
-            auth_throttle: AuthThrottle::new(config.server.auth_failures_per_minute),
-            connections: Arc::new(Semaphore::new(config.server.max_connections)),
-            config,
-        })
-    }
-
-    /// The current team registry (an ArcSwap, so a reload can replace it; reading takes no lock).
-    pub fn clients(&self) -> arc_swap::Guard<Arc<ClientRegistry>> {
-        self.clients.load()
-    }
-
-    /// Swaps in the teams of a new configuration; calls in flight keep the team they hold.
-    pub fn replace_clients(&self, clients: &[ClientConfig]) -> crate::reload::Reloaded {
-        let old = self.clients.load_full();
-        let new = old.reloaded(clients, &self.config.rate_limit);
-        let names = |r: &ClientRegistry| {
-            r.names()
-                .map(str::to_string)
-                .collect::<std::collections::BTreeSet<_>>()
-        };
-        let (before, after) = (names(&old), names(&new));
-        let reloaded = crate::reload::Reloaded {
-            added: after.difference(&before).cloned().collect(),
-            removed: before.difference(&after).cloned().collect(),
-            teams: new.len(),
-        };
-        self.clients.store(Arc::new(new));
-        reloaded
-    }
-}
 
 /// The router of the gateway's own endpoints: the token endpoint, /_gateway/**, 400/404 for every
 /// other path outside /v1.
@@ -355,11 +278,6 @@ fn refuse_a_served_port(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
-/// The caller's address for the router's endpoints (the 401 throttle counts by it); Contabo calls
-/// get it straight from the connection. The call's [`RequestId`] is in the extensions too.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
-
 /// Accepts connections and serves each with hyper until `shutdown`, then stops accepting and lets
 /// calls in flight finish for at most `server.shutdown_timeout_secs`.
 async fn accept_loop(
@@ -381,7 +299,7 @@ async fn accept_loop(
     loop {
         // At most server.max_connections at once: beyond it, connections wait in the backlog.
         let permit = tokio::select! {
-            permit = gateway.connections.clone().acquire_owned() => {
+            permit = gateway.connection_slots().acquire_owned() => {
                 permit.expect("the connection semaphore is never closed")
             }
             _ = &mut shutdown => break,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::clients::Role;
+use crate::role::Role;
 
 /// The file read when neither `--config` nor `GATEWAY_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
@@ -26,6 +26,26 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub auth: AuthConfig,
     pub clients: Vec<ClientConfig>,
+}
+
+/// The database kind `audit.database_url` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseBackend {
+    Sqlite,
+    Postgres,
+}
+
+/// Which database a URL names, or what to write instead.
+pub fn database_backend(url: &str) -> Result<DatabaseBackend, String> {
+    if url.starts_with("sqlite:") {
+        Ok(DatabaseBackend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(DatabaseBackend::Postgres)
+    } else {
+        Err(format!(
+            "audit.database_url = {url:?} is neither sqlite://PATH nor postgres://USER@HOST/DB"
+        ))
+    }
 }
 
 /// The gateway's own token endpoint, for tools that insist on an OAuth token URL.
@@ -469,7 +489,7 @@ impl Config {
             ));
         }
         problems.extend(self.cache_problems());
-        if let Err(problem) = crate::audit::store::backend_of(&self.audit.database_url) {
+        if let Err(problem) = database_backend(&self.audit.database_url) {
             problems.push(problem);
         }
         if self.audit.write_timeout_ms < 50 {
@@ -548,7 +568,7 @@ impl Config {
             problems.push("rate_limit.redis_key_prefix must not be empty".into());
         }
         for (route, &cost) in &r.route_costs {
-            if crate::ratelimit::cost::resolve_route(route).is_none() {
+            if crate::routes::named(route).is_none() {
                 problems.push(format!(
                     "rate_limit.route_costs: {route:?} is not an operation of the Contabo API; \
                      use its operationId (e.g. \"createInstance\") or \"METHOD /v1/path\" as in the \

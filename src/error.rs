@@ -89,6 +89,23 @@ pub enum GatewayError {
     Internal(String),
 }
 
+impl From<ratelimit::Refusal> for GatewayError {
+    fn from(refusal: ratelimit::Refusal) -> Self {
+        match refusal {
+            ratelimit::Refusal::TeamLimited { team, quota } => {
+                GatewayError::RateLimited { team, quota }
+            }
+            ratelimit::Refusal::BudgetExhausted {
+                retry_after,
+                max_wait_ms,
+            } => GatewayError::UpstreamBudgetExhausted {
+                retry_after,
+                max_wait_ms,
+            },
+        }
+    }
+}
+
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {

@@ -14,8 +14,6 @@ use metrics::{Counter, Histogram, Label, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use rustc_hash::FxHashMap;
 
-use crate::app::Gateway;
-
 /// Latency buckets (seconds): sub-millisecond gateway work up to Contabo's slowest calls.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -178,29 +176,47 @@ pub fn run_upkeep() {
     handle().run_upkeep();
 }
 
-/// The Prometheus text: levels read now, then everything recorded.
-pub async fn render(gw: &Gateway) -> String {
-    let cache = gw.cache.stats().await;
-    counter!("gateway_cache_hits_total", "kind" => "fresh").absolute(cache.hits);
-    counter!("gateway_cache_hits_total", "kind" => "stale").absolute(cache.stale_hits);
-    counter!("gateway_cache_misses_total").absolute(cache.misses);
-    counter!("gateway_cache_evictions_total").absolute(cache.evictions);
-    gauge!("gateway_cache_bytes").set(cache.bytes as f64);
-    gauge!("gateway_cache_entries").set(cache.entries as f64);
+/// What the gateway's parts report at scrape time (counters they keep themselves, and levels).
+#[derive(Debug, Default)]
+pub struct Levels {
+    pub cache_hits: u64,
+    pub cache_stale_hits: u64,
+    pub cache_misses: u64,
+    pub cache_evictions: u64,
+    pub cache_bytes: u64,
+    pub cache_entries: u64,
+    pub token_password_grants: u64,
+    pub token_refresh_grants: u64,
+    pub token_failures: u64,
+    pub token_remaining_secs: f64,
+    pub upstream_queue_depth: usize,
+    pub upstream_paused_secs: f64,
+    pub audit_queue_depth: usize,
+    pub audit_store_up: bool,
+    pub calls_in_flight: usize,
+}
 
-    let token = gw.upstream.tokens.status();
-    counter!("gateway_token_grants_total", "grant" => "password").absolute(token.password_grants);
-    counter!("gateway_token_grants_total", "grant" => "refresh").absolute(token.refresh_grants);
-    counter!("gateway_token_failures_total").absolute(token.failures);
-    gauge!("gateway_token_remaining_seconds").set(token.expires_in_secs.unwrap_or(0.0));
+/// The Prometheus text: the levels read now, then everything recorded.
+pub fn render(levels: &Levels) -> String {
+    counter!("gateway_cache_hits_total", "kind" => "fresh").absolute(levels.cache_hits);
+    counter!("gateway_cache_hits_total", "kind" => "stale").absolute(levels.cache_stale_hits);
+    counter!("gateway_cache_misses_total").absolute(levels.cache_misses);
+    counter!("gateway_cache_evictions_total").absolute(levels.cache_evictions);
+    gauge!("gateway_cache_bytes").set(levels.cache_bytes as f64);
+    gauge!("gateway_cache_entries").set(levels.cache_entries as f64);
 
-    gauge!("gateway_upstream_queue_depth").set(gw.limits.budget().queued() as f64);
-    let paused = gw.limits.budget().paused_for().unwrap_or_default();
-    gauge!("gateway_upstream_paused_remaining_seconds").set(paused.as_secs_f64());
-    gauge!("gateway_audit_queue_depth").set(gw.audit.queue_depth() as f64);
-    gauge!("gateway_audit_store_up").set(if gw.audit.health().is_ok() { 1.0 } else { 0.0 });
-    gauge!("gateway_calls_in_flight")
-        .set(gw.in_flight.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    counter!("gateway_token_grants_total", "grant" => "password")
+        .absolute(levels.token_password_grants);
+    counter!("gateway_token_grants_total", "grant" => "refresh")
+        .absolute(levels.token_refresh_grants);
+    counter!("gateway_token_failures_total").absolute(levels.token_failures);
+    gauge!("gateway_token_remaining_seconds").set(levels.token_remaining_secs);
+
+    gauge!("gateway_upstream_queue_depth").set(levels.upstream_queue_depth as f64);
+    gauge!("gateway_upstream_paused_remaining_seconds").set(levels.upstream_paused_secs);
+    gauge!("gateway_audit_queue_depth").set(levels.audit_queue_depth as f64);
+    gauge!("gateway_audit_store_up").set(if levels.audit_store_up { 1.0 } else { 0.0 });
+    gauge!("gateway_calls_in_flight").set(levels.calls_in_flight as f64);
 
     let handle = handle();
     handle.run_upkeep();

@@ -5,16 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::app::Gateway;
 use crate::config::{ClientConfig, Config, Source};
+use crate::gateway::Gateway;
 
-/// What a reload changed, for the log.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Reloaded {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub teams: usize,
-}
+pub use crate::gateway::Reloaded;
 
 /// Reads `source` again (with the environment overrides), adds `extra` teams (the sandbox's admin)
 /// and swaps the team registry; Err says why the new configuration was refused.

@@ -18,9 +18,9 @@ use base64::Engine;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::json;
 
-use crate::app::{ClientAddr, Gateway};
 use crate::clients::Client;
 use crate::error::GatewayError;
+use crate::gateway::{ClientAddr, Gateway};
 use crate::request_id::{self, RequestId};
 use crate::team_token::{Grant, TokenSigner, Use};
 

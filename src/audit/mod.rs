@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::AuditConfig;
 use crate::error::GatewayError;
-use crate::pipeline::CallContext;
+use crate::request_id::RequestId;
 use record::{AuditRecord, BodyPolicy, Outcome, millis, now_ts};
 use writer::{Health, Op};
 
@@ -104,7 +104,7 @@ impl AuditLog {
 
     /// The audit trail of one call, or `None` when the call is not audited (not mutating). It owns
     /// what it needs, so it can outlive the caller's wait: a write's exchange runs to its end.
-    pub fn trail(&self, call: &CallContext, parts: &Parts) -> Option<AuditTrail> {
+    pub fn trail(&self, call: &Caller<'_>, parts: &Parts) -> Option<AuditTrail> {
         // Every method but the safe ones: an unknown one (`post`, `FOO`) is refused, and the
         // refusal is on record like any other refused write.
         let mutating = ![Method::GET, Method::HEAD, Method::OPTIONS].contains(&parts.method);
@@ -126,8 +126,8 @@ impl AuditLog {
         let record = AuditRecord {
             id: 0,
             ts: now_ts(),
-            client: call.client.name.to_string(),
-            role: call.client.role.as_str().into(),
+            client: call.team.to_string(),
+            role: call.role.into(),
             method: parts.method.to_string(),
             path: parts.uri.path().into(),
             query: self.bodies.store_query(parts.uri.query().unwrap_or("")),
@@ -157,6 +157,15 @@ impl AuditLog {
             finished: false,
         })
     }
+}
+
+/// Who made a call, as the audit records it.
+pub struct Caller<'a> {
+    pub request_id: &'a RequestId,
+    pub team: &'a str,
+    pub role: &'static str,
+    /// The caller's address.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// The keys stored as "[REDACTED]": `audit.redact_keys` and every secret field the route table

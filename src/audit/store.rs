@@ -16,11 +16,7 @@ use super::record::{AuditRecord, GENESIS_HASH, Outcome, now_ts};
 /// The PostgreSQL advisory lock key that serialises chain appends across replicas.
 const CHAIN_LOCK_KEY: i64 = 0x636f_6e74_6162_6f00; // "contabo\0"
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+pub use crate::config::{DatabaseBackend as Backend, database_backend as backend_of};
 
 #[derive(Clone)]
 pub struct Store {
@@ -48,18 +44,6 @@ pub struct VerifyReport {
     pub first_broken_id: Option<i64>,
     pub reason: Option<String>,
     pub checkpoint_seq: Option<i64>,
-}
-
-pub fn backend_of(url: &str) -> Result<Backend, String> {
-    if url.starts_with("sqlite:") {
-        Ok(Backend::Sqlite)
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Backend::Postgres)
-    } else {
-        Err(format!(
-            "audit.database_url = {url:?} is neither sqlite://PATH nor postgres://USER@HOST/DB"
-        ))
-    }
 }
 
 impl Store {

@@ -10,9 +10,9 @@ use http::{HeaderValue, header};
 
 use super::CallContext;
 use super::forward::{forward, redacted};
-use crate::app::Gateway;
 use crate::cache::{CachedResponse, Lookup, NonAdminBody, cache_key, wants_fresh};
 use crate::error::GatewayError;
+use crate::gateway::Gateway;
 use crate::request_id;
 use crate::routes::CacheGroup;
 use crate::upstream::headers;

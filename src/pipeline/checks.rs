@@ -10,9 +10,9 @@ use http::{HeaderMap, Method, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::CallContext;
-use crate::app::Gateway;
 use crate::clients::{Client, KeyProblem, presented_key};
 use crate::error::GatewayError;
+use crate::gateway::Gateway;
 use crate::team_token::{Refused, TokenSigner, Use, looks_like_token};
 
 /// Refuses paths that could mean something else after normalisation: dot segments, encoded

@@ -12,9 +12,9 @@ use http::{HeaderMap, Method, StatusCode, header};
 use secrecy::SecretString;
 
 use super::CallContext;
-use crate::app::Gateway;
 use crate::clients::Client;
 use crate::error::GatewayError;
+use crate::gateway::Gateway;
 use crate::metrics;
 use crate::ratelimit;
 use crate::redact;

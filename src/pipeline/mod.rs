@@ -35,10 +35,10 @@ use http::request::Parts;
 
 pub use checks::{check_path, identify};
 
-use crate::app::Gateway;
-use crate::audit::AuditTrail;
+use crate::audit::{AuditTrail, Caller};
 use crate::clients::Client;
 use crate::error::GatewayError;
+use crate::gateway::Gateway;
 use crate::metrics;
 use crate::ratelimit::Quota;
 use crate::request_id::RequestId;
@@ -132,7 +132,13 @@ async fn run(
         peer,
     };
     // Boxed: a call's future holds the trail across every await, most calls have none.
-    let trail = gw.audit.trail(&call, &parts).map(Box::new);
+    let caller = Caller {
+        request_id: &call.request_id,
+        team: &call.client.name,
+        role: call.client.role.as_str(),
+        peer: call.peer,
+    };
+    let trail = gw.audit.trail(&caller, &parts).map(Box::new);
     let (body, quota) = match admit(gw, &call, &parts, body).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
@@ -226,7 +232,10 @@ async fn admit(
     }
     check_header_values(&parts.headers)?;
     authorize(call, parts)?;
-    let quota = gw.limits.admit(&call.client, call.cost).await?;
+    let quota = gw
+        .limits
+        .admit(&call.client.name, &call.client.limit, call.cost)
+        .await?;
     let body = read_body(body, &parts.headers, gw.config.server.max_body_bytes).await?;
     Ok((body, quota))
 }

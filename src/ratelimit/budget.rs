@@ -196,8 +196,10 @@ impl UpstreamBudget {
         if until == 0 {
             return None;
         }
-        let now = self.epoch.elapsed().as_millis() as u64;
-        (until > now).then(|| Duration::from_millis(until - now))
+        // Against the exact time: whole milliseconds on both sides could make what is left of a
+        // pause up to 1 ms longer than the pause itself (a flaky test saw it).
+        let (until, now) = (Duration::from_millis(until), self.epoch.elapsed());
+        (until > now).then(|| until - now)
     }
 
     /// Contabo answered 429: hold every upstream call for `retry_after`, or for an exponential

@@ -3,20 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::routes::{OPERATIONS, Operation};
-
-/// The operation a `route_costs` key names: an operationId, or "METHOD /v1/path" as in the spec.
-pub fn resolve_route(key: &str) -> Option<&'static Operation> {
-    let key = key.trim();
-    if let Some((method, path)) = key.split_once(' ') {
-        let method = method.trim().to_ascii_uppercase();
-        let path = path.trim();
-        return OPERATIONS
-            .iter()
-            .find(|op| op.method == method && op.path == path);
-    }
-    OPERATIONS.iter().find(|op| op.operation_id == key)
-}
+use crate::routes::{Operation, named as resolve_route};
 
 /// Costs by operationId; operations not listed cost 1.
 #[derive(Debug, Default)]

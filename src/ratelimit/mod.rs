@@ -20,9 +20,7 @@ pub mod shared;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::clients::Client;
 use crate::config::RateLimitConfig;
-use crate::error::GatewayError;
 use crate::routes::Operation;
 use budget::UpstreamBudget;
 use cost::RouteCosts;
@@ -179,35 +177,34 @@ impl RateLimits {
 
     /// Takes the call's cost from its team's bucket: the quota left (for the response headers), or
     /// 429 `rate_limited`. None when limits are off.
-    pub async fn admit(&self, client: &Client, cost: u32) -> Result<Option<Quota>, GatewayError> {
+    pub async fn admit(
+        &self,
+        team: &str,
+        limit: &TeamLimit,
+        cost: u32,
+    ) -> Result<Option<Quota>, Refusal> {
         if !self.enabled {
             return Ok(None);
         }
-        let policy = client.limit.policy_configured;
+        let policy = limit.policy_configured;
         let shared = match &self.shared {
             Some(shared) => {
-                Box::pin(shared.take_team(
-                    &client.limit.redis_key,
-                    &client.limit.lease,
-                    policy,
-                    cost,
-                ))
-                .await
+                Box::pin(shared.take_team(&limit.redis_key, &limit.lease, policy, cost)).await
             }
             None => None,
         };
-        let decision = shared.unwrap_or_else(|| client.limit.local.take(cost));
+        let decision = shared.unwrap_or_else(|| limit.local.take(cost));
         let quota = Quota {
             policy,
-            policy_header: client.limit.policy_header.clone(),
+            policy_header: limit.policy_header.clone(),
             decision,
         };
         if quota.decision.allowed {
             Ok(Some(quota))
         } else {
-            crate::metrics::team_rate_limited(&client.name);
-            Err(GatewayError::RateLimited {
-                team: client.name.to_string(),
+            crate::metrics::team_rate_limited(team);
+            Err(Refusal::TeamLimited {
+                team: team.to_string(),
                 quota: Box::new(quota),
             })
         }
@@ -221,7 +218,7 @@ impl RateLimits {
         team: &str,
         cost: u32,
         started: Instant,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<(), Refusal> {
         let deadline = started + self.max_wait;
         if !self.enabled {
             return match self.budget.paused_for() {
@@ -245,12 +242,24 @@ impl RateLimits {
             })
     }
 
-    fn exhausted(&self, retry_after: Duration) -> GatewayError {
-        GatewayError::UpstreamBudgetExhausted {
+    fn exhausted(&self, retry_after: Duration) -> Refusal {
+        Refusal::BudgetExhausted {
             retry_after,
             max_wait_ms: self.max_wait.as_millis() as u64,
         }
     }
+}
+
+/// Why a call may not go on now; the error module turns it into the caller's 429.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// The team is over its own limit.
+    TeamLimited { team: String, quota: Box<Quota> },
+    /// The shared upstream budget had nothing for the call within `max_wait_ms`.
+    BudgetExhausted {
+        retry_after: Duration,
+        max_wait_ms: u64,
+    },
 }
 
 /// A team's own bucket(s), built with the registry (see [`crate::clients`]).

@@ -57,6 +57,20 @@ pub fn secret_fields() -> Vec<&'static str> {
     fields
 }
 
+/// The operation a setting names (a `route_costs` key): an operationId, or "METHOD /v1/path" as
+/// in the spec.
+pub fn named(key: &str) -> Option<&'static Operation> {
+    let key = key.trim();
+    if let Some((method, path)) = key.split_once(' ') {
+        let method = method.trim().to_ascii_uppercase();
+        let path = path.trim();
+        return OPERATIONS
+            .iter()
+            .find(|op| op.method == method && op.path == path);
+    }
+    OPERATIONS.iter().find(|op| op.operation_id == key)
+}
+
 #[derive(Debug)]
 struct Template {
     method: Method,

@@ -6,9 +6,10 @@ pub mod express;
 
 use std::sync::Arc;
 
-use contabo_gateway::app::{Application, Gateway};
+use contabo_gateway::app::Application;
 use contabo_gateway::clients::{Role, generate_key, sha256};
 use contabo_gateway::config::{ClientConfig, Config, Credentials};
+use contabo_gateway::gateway::Gateway;
 use contabo_gateway::sandbox::{Sandbox, SandboxOptions, SandboxState};
 
 pub struct Keys {
