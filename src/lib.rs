@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod auth_throttle;
+pub mod backoff;
 pub mod cache;
 pub mod cli;
 pub mod clients;

@@ -17,6 +17,7 @@ use tokio::sync::{Notify, oneshot};
 use super::local::LocalLimit;
 use super::shared::{Lease, SharedStore};
 use super::{Decision, Policy};
+use crate::backoff::Backoff;
 
 /// Longest pause after repeated upstream 429s that said nothing about when to retry.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -211,9 +212,8 @@ impl UpstreamBudget {
             Some(wait) => wait,
             None if let Some(left) = self.paused_for() => return left,
             None => {
-                let n = self.consecutive_429.fetch_add(1, Ordering::AcqRel).min(6);
-                let base = Duration::from_secs(1 << n).min(MAX_BACKOFF);
-                base.mul_f64(rand::random_range(0.5..1.0))
+                let earlier = self.consecutive_429.fetch_add(1, Ordering::AcqRel);
+                Backoff::up_to(MAX_BACKOFF).jittered_after(earlier.saturating_add(1))
             }
         };
         let until = (self.epoch.elapsed() + pause).as_millis() as u64;

@@ -21,6 +21,7 @@ use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::backoff::Backoff;
 use crate::config::Credentials;
 use crate::error::GatewayError;
 
@@ -364,7 +365,7 @@ impl TokenManager {
         let mut state = self.state.write().expect("token state lock");
         let now = Instant::now();
         let consecutive = state.failure.as_ref().map_or(0, |f| f.consecutive) + 1;
-        let mut backoff = Duration::from_secs(1u64 << (consecutive - 1).min(6)).min(cap);
+        let mut backoff = Backoff::up_to(cap).after(consecutive);
         if let Some(access) = state.access.as_ref().filter(|a| now < a.expires_at) {
             backoff = backoff.min(((access.expires_at - now) / 4).max(MIN_RENEWAL_STEP));
         }
