@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod redact;
+pub mod redis_link;
 pub mod reload;
 pub mod request_id;
 pub mod role;

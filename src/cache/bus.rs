@@ -18,16 +18,17 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 
 use super::ResponseCache;
+use crate::redis_link::RedisLink;
 use crate::routes::CacheGroup;
 
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 pub struct InvalidationBus {
-    client: redis::Client,
+    /// The publishing connection (the subscription has one of its own).
+    link: Arc<RedisLink>,
     channel: String,
     replica: String,
-    publisher: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     /// The subscription is established.
     subscribed: AtomicBool,
     /// The last command on the publishing connection succeeded (true until one fails).
@@ -54,13 +55,11 @@ fn parse_group(name: &str) -> Option<CacheGroup> {
 
 impl InvalidationBus {
     pub fn new(url: &str, channel: &str) -> Result<Self, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("cache.redis_url is not usable: {e}"))?;
+        let link = RedisLink::open(url, "cache.redis_url", PUBLISH_TIMEOUT, RECONNECT_DELAY)?;
         Ok(Self {
-            client,
+            link,
             channel: channel.to_string(),
             replica: uuid::Uuid::new_v4().to_string(),
-            publisher: tokio::sync::Mutex::new(None),
             subscribed: AtomicBool::new(false),
             publishing: AtomicBool::new(true),
             connected: AtomicBool::new(false),
@@ -112,35 +111,16 @@ impl InvalidationBus {
         .await;
     }
 
-    /// One command on the publishing connection (opened when needed) within `PUBLISH_TIMEOUT`; its
-    /// outcome marks that side of the link up or down.
+    /// One command on the publishing connection within `PUBLISH_TIMEOUT`; its outcome marks that
+    /// side of the link up or down.
     async fn command<F, Fut>(&self, what: &str, run: F)
     where
         F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<()>>,
     {
-        let attempt = async {
-            let mut publisher = self.publisher.lock().await;
-            if publisher.is_none() {
-                *publisher = Some(self.client.get_multiplexed_async_connection().await?);
-            }
-            let connection = publisher.clone().expect("connected above");
-            let result = run(connection).await;
-            if result.is_err() {
-                *publisher = None;
-            }
-            result
-        };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, attempt).await {
-            Ok(Ok(())) => self.side(&self.publishing, true, ""),
-            Ok(Err(e)) => self.side(&self.publishing, false, &format!("{what} failed: {e}")),
-            Err(_) => {
-                // The connection may be stuck behind the unanswered command: start a new one.
-                if let Ok(mut publisher) = self.publisher.try_lock() {
-                    *publisher = None;
-                }
-                self.side(&self.publishing, false, &format!("{what} timed out"))
-            }
+        match self.link.run(run).await {
+            Ok(()) => self.side(&self.publishing, true, ""),
+            Err(e) => self.side(&self.publishing, false, &format!("{what} failed: {e}")),
         }
     }
 
@@ -164,8 +144,9 @@ impl InvalidationBus {
     ) -> tokio::task::JoinHandle<()> {
         let bus = self.clone();
         tokio::spawn(async move {
+            bus.link.connect().await;
             loop {
-                let reason = match bus.client.get_async_pubsub().await {
+                let reason = match bus.link.client().get_async_pubsub().await {
                     Ok(mut pubsub) => match pubsub.subscribe(&bus.channel).await {
                         Ok(()) => {
                             match cache.upgrade() {

@@ -8,17 +8,15 @@
 //! are exact; at high rates Redis sees about one call per bucket per window.
 //!
 //! When Redis does not answer (within [`REDIS_TIMEOUT`]) the store says so and the caller falls back
-//! to its local limits; the failure is logged loudly once, a reconnection is tried at most every
-//! [`RECONNECT_EVERY`] in the background, and the return to Redis is logged too.
+//! to its local limits; the failure is logged loudly once, the connection is opened again in the
+//! background (see [`crate::redis_link`]) and the return to Redis is logged too.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
-use redis::aio::MultiplexedConnection;
-
 use super::{Decision, Policy};
+use crate::redis_link::RedisLink;
 
 /// Longest a limit check waits for Redis before the local fallback decides.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
@@ -185,41 +183,31 @@ return 1
 "#;
 
 pub struct SharedStore {
-    client: redis::Client,
+    link: Arc<RedisLink>,
     upstream_key: String,
     pause_key: String,
-    connection: ArcSwapOption<MultiplexedConnection>,
     gcra: redis::Script,
     pause: redis::Script,
-    reconnecting: AtomicBool,
-    /// Milliseconds since `epoch` of the last reconnection attempt.
-    last_attempt_ms: AtomicU64,
-    epoch: Instant,
     /// Whether the last exchange with Redis worked (for status and the one loud log line).
     healthy: AtomicBool,
 }
 
 impl SharedStore {
     pub fn new(url: &str, prefix: &str) -> Result<Arc<Self>, String> {
-        let client = redis::Client::open(url)
-            .map_err(|e| format!("rate_limit.redis_url is not usable: {e}"))?;
+        let link = RedisLink::open(url, "rate_limit.redis_url", REDIS_TIMEOUT, RECONNECT_EVERY)?;
         Ok(Arc::new(Self {
-            client,
+            link,
             upstream_key: format!("{prefix}:upstream"),
             pause_key: format!("{prefix}:upstream:pause"),
-            connection: ArcSwapOption::empty(),
             gcra: redis::Script::new(GCRA),
             pause: redis::Script::new(PAUSE),
-            reconnecting: AtomicBool::new(false),
-            last_attempt_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
             // Optimistic until proven otherwise, so the first failure is logged.
             healthy: AtomicBool::new(true),
         }))
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && self.connection.load().is_some()
+        self.healthy.load(Ordering::Relaxed) && self.link.is_connected()
     }
 
     /// Takes `cost` tokens from a team's bucket (from its lease when it holds them); None when
@@ -254,16 +242,14 @@ impl SharedStore {
 
     /// Tells every replica to hold upstream calls for `wait`.
     pub async fn pause_upstream(self: &Arc<Self>, wait: Duration) {
-        let Some(connection) = self.connection().await else {
-            return;
-        };
-        let mut connection = (*connection).clone();
         let ms = wait.as_millis().max(1) as u64;
         let mut call = self.pause.key(&self.pause_key);
         call.arg(ms);
-        let result =
-            tokio::time::timeout(REDIS_TIMEOUT, call.invoke_async::<i64>(&mut connection)).await;
-        if let Err(reason) = flatten(result) {
+        let result = self
+            .link
+            .run(|mut connection| async move { call.invoke_async::<i64>(&mut connection).await })
+            .await;
+        if let Err(reason) = result {
             self.failed(&reason);
         }
     }
@@ -327,8 +313,6 @@ impl SharedStore {
         cost: u32,
         wanted: u32,
     ) -> Option<(u32, Decision)> {
-        let connection = self.connection().await?;
-        let mut connection = (*connection).clone();
         let mut invocation = self.gcra.key(bucket);
         if let Some(pause) = pause {
             invocation.key(pause);
@@ -339,12 +323,15 @@ impl SharedStore {
             .arg(policy.burst)
             .arg(cost)
             .arg(wanted);
-        let result = tokio::time::timeout(
-            REDIS_TIMEOUT,
-            invocation.invoke_async::<(i64, i64, i64, i64)>(&mut connection),
-        )
-        .await;
-        match flatten(result) {
+        let result = self
+            .link
+            .run(|mut connection| async move {
+                invocation
+                    .invoke_async::<(i64, i64, i64, i64)>(&mut connection)
+                    .await
+            })
+            .await;
+        match result {
             Ok((taken, remaining, retry_us, reset_us)) => {
                 self.recovered();
                 let micros = |us: i64| Duration::from_micros(us.max(0) as u64);
@@ -364,45 +351,7 @@ impl SharedStore {
         }
     }
 
-    /// The live connection, or None (and a background reconnection when one is due).
-    async fn connection(self: &Arc<Self>) -> Option<Arc<MultiplexedConnection>> {
-        if let Some(connection) = self.connection.load_full() {
-            return Some(connection);
-        }
-        self.reconnect_if_due();
-        None
-    }
-
-    fn reconnect_if_due(self: &Arc<Self>) {
-        let now_ms = self.epoch.elapsed().as_millis() as u64;
-        let last = self.last_attempt_ms.load(Ordering::Relaxed);
-        if last != 0 && now_ms.saturating_sub(last) < RECONNECT_EVERY.as_millis() as u64 {
-            return;
-        }
-        if self.reconnecting.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.last_attempt_ms.store(now_ms.max(1), Ordering::Relaxed);
-        let store = self.clone();
-        tokio::spawn(async move {
-            let connected = tokio::time::timeout(
-                REDIS_TIMEOUT * 4,
-                store.client.get_multiplexed_async_connection(),
-            )
-            .await;
-            match flatten(connected) {
-                Ok(connection) => {
-                    store.connection.store(Some(Arc::new(connection)));
-                    store.recovered();
-                }
-                Err(reason) => store.failed(&reason),
-            }
-            store.reconnecting.store(false, Ordering::Release);
-        });
-    }
-
     fn failed(&self, reason: &str) {
-        self.connection.store(None);
         if self.healthy.swap(false, Ordering::AcqRel) {
             tracing::error!(
                 %reason,
@@ -422,23 +371,7 @@ impl SharedStore {
 
     /// Connects now (at start-up), so the first calls already use Redis.
     pub async fn connect(self: &Arc<Self>) {
-        self.reconnect_if_due();
-        for _ in 0..20 {
-            if !self.reconnecting.load(Ordering::Acquire) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-fn flatten<T>(
-    result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
-) -> Result<T, String> {
-    match result {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err(format!("no answer within {} ms", REDIS_TIMEOUT.as_millis())),
+        self.link.connect().await;
     }
 }
 
