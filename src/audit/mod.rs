@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use http::request::Parts;
-use http::{HeaderMap, Method, header};
+use http::{HeaderMap, header};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::AuditConfig;
@@ -105,10 +105,7 @@ impl AuditLog {
     /// The audit trail of one call, or `None` when the call is not audited (not mutating). It owns
     /// what it needs, so it can outlive the caller's wait: a write's exchange runs to its end.
     pub fn trail(&self, call: &Caller<'_>, parts: &Parts) -> Option<AuditTrail> {
-        // Every method but the safe ones: an unknown one (`post`, `FOO`) is refused, and the
-        // refusal is on record like any other refused write.
-        let mutating = ![Method::GET, Method::HEAD, Method::OPTIONS].contains(&parts.method);
-        if !self.config.enabled || !mutating {
+        if !self.config.enabled || !call.mutates {
             return None;
         }
         let header = |name: &str| {
@@ -166,6 +163,9 @@ pub struct Caller<'a> {
     pub role: &'static str,
     /// The caller's address.
     pub peer: Option<std::net::SocketAddr>,
+    /// Whether the call changes something (only those are audited; an unknown method counts as
+    /// a change, so its refusal is on record like any other refused write).
+    pub mutates: bool,
 }
 
 /// The keys stored as "[REDACTED]": `audit.redact_keys` and every secret field the route table

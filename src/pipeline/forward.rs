@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use std::time::Instant;
 
-use http::{HeaderMap, Method, StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
 use secrecy::SecretString;
 
 use super::CallContext;
@@ -46,9 +46,8 @@ pub async fn forward(
         }
         let asked = ratelimit::headers::upstream_retry_after(response.headers());
         let pause = Box::pin(budget.upstream_limited(asked)).await;
-        let idempotent = parts.method == Method::GET || parts.method == Method::HEAD;
         let fits = Instant::now() + pause < call.started + gw.limits.max_wait();
-        if idempotent && !retried && fits {
+        if !call.mutates && !retried && fits {
             retried = true;
             continue;
         }
@@ -84,9 +83,8 @@ async fn send(
             body,
         })
         .await?;
-    let route = call.route.map_or("unknown", |r| r.operation_id);
     metrics::upstream_answered(
-        route,
+        call.route_label(),
         &parts.method,
         response.status().as_u16(),
         started.elapsed(),
@@ -105,7 +103,7 @@ pub async fn respond(
 ) -> Result<(Response, Option<Bytes>), GatewayError> {
     let status = upstream.status();
     if status.is_success() {
-        let groups = invalidated_groups(call.route, &parts.method, parts.uri.path());
+        let groups = invalidated_groups(call, parts.uri.path());
         if !groups.is_empty() {
             Box::pin(gw.cache.invalidate(groups)).await;
         }
@@ -144,19 +142,10 @@ pub async fn respond(
 
 /// The cached reads a successful write changes: from the spec's route class, or for a route the
 /// spec does not know, every users entry when it writes under /v1/users or /v1/roles.
-fn invalidated_groups(
-    route: Option<&'static Operation>,
-    method: &Method,
-    path: &str,
-) -> &'static [CacheGroup] {
-    match route {
+fn invalidated_groups(call: &CallContext, path: &str) -> &'static [CacheGroup] {
+    match call.route {
         Some(route) => route.invalidates,
-        None if method != Method::GET
-            && method != Method::HEAD
-            && crate::clients::touches_identity(path) =>
-        {
-            &[CacheGroup::Users]
-        }
+        None if call.mutates && crate::clients::touches_identity(path) => &[CacheGroup::Users],
         None => &[],
     }
 }

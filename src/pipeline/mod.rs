@@ -60,6 +60,26 @@ pub struct CallContext {
     pub respell: Option<String>,
     /// The caller's address (the audit records it).
     pub peer: Option<SocketAddr>,
+    /// Whether the call changes something upstream, decided once: the operation's class from the
+    /// route table, or for a path outside it every method but GET, HEAD and OPTIONS (an unknown
+    /// method is a write until proven otherwise). The audit trail, the retry after a 429 and the
+    /// cache invalidation all go by it.
+    pub mutates: bool,
+}
+
+impl CallContext {
+    /// The label of the call's operation in metrics and logs.
+    pub fn route_label(&self) -> &'static str {
+        self.route.map_or("unknown", |op| op.operation_id)
+    }
+}
+
+/// Whether a call of `method` on `route` (None: outside the route table) changes something.
+fn mutates(method: &Method, route: Option<&'static Operation>) -> bool {
+    match route {
+        Some(operation) => operation.mutates && method != Method::HEAD,
+        None => ![Method::GET, Method::HEAD, Method::OPTIONS].contains(method),
+    }
 }
 
 /// Whether a path is a Contabo call (/v1 and /v1/**), served by the pipeline.
@@ -117,11 +137,6 @@ async fn run(
     let client = identify(gw, &parts.headers, peer.map(|p| p.ip()))?;
     let classified = gw.routes.classify(&parts.method, parts.uri.path());
     let route = classified.operation;
-    let span = tracing::Span::current();
-    span.record("client", &*client.name);
-    labels.route = route.map_or("unknown", |r| r.operation_id);
-    span.record("route", labels.route);
-    labels.client = Some(client.clone());
     let call = CallContext {
         request_id,
         client,
@@ -130,13 +145,20 @@ async fn run(
         started,
         respell: classified.canonical,
         peer,
+        mutates: mutates(&parts.method, route),
     };
+    let span = tracing::Span::current();
+    span.record("client", &*call.client.name);
+    labels.route = call.route_label();
+    span.record("route", labels.route);
+    labels.client = Some(call.client.clone());
     // Boxed: a call's future holds the trail across every await, most calls have none.
     let caller = Caller {
         request_id: &call.request_id,
         team: &call.client.name,
         role: call.client.role.as_str(),
         peer: call.peer,
+        mutates: call.mutates,
     };
     let trail = gw.audit.trail(&caller, &parts).map(Box::new);
     let (body, quota) = match admit(gw, &call, &parts, body).await {
@@ -251,4 +273,25 @@ pub async fn not_found(request: Request) -> Response {
         )),
     };
     error.into_response_with(&request_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::RouteTable;
+
+    #[test]
+    fn whether_a_call_mutates_is_decided_by_its_operation_or_its_method() {
+        let table = RouteTable::default();
+        let decide =
+            |method: Method, path: &str| mutates(&method, table.classify(&method, path).operation);
+        assert!(decide(Method::POST, "/v1/compute/instances"));
+        assert!(decide(Method::POST, "/v1/dns/zones"));
+        assert!(!decide(Method::GET, "/v1/compute/instances"));
+        assert!(!decide(Method::HEAD, "/v1/users/client"));
+        assert!(!decide(Method::OPTIONS, "/v1/users"));
+        assert!(decide(Method::POST, "/v1/not-in-the-spec"));
+        assert!(decide(Method::from_bytes(b"post").unwrap(), "/v1/users"));
+        assert!(!decide(Method::GET, "/v1/not-in-the-spec"));
+    }
 }
