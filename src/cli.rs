@@ -2,6 +2,7 @@
 //! small function.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -134,32 +135,30 @@ fn parse_role(s: &str) -> Result<Role, String> {
     }
 }
 
-/// Runs a command; the error is printed by `main` and makes the exit code non-zero.
-pub fn run(cli: Cli) -> Result<(), String> {
+/// Runs a command: its exit code (2 when `audit reconcile` found changes made around the gateway),
+/// or the error `main` prints (exit code 1).
+pub fn run(cli: Cli) -> Result<ExitCode, String> {
+    let done = |result: Result<(), String>| result.map(|()| ExitCode::SUCCESS);
     match cli.command {
         Command::Serve { config, sandbox } => {
             let (config, source) = load_valid(config)?;
             telemetry::init(&config.log);
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("cannot start the runtime: {e}"))?
-                .block_on(serve(config, source, sandbox))
+            done(block_on(serve(config, source, sandbox)))
         }
         Command::Keys {
             command: KeysCommand::New { name, role },
         } => {
             print!("{}", new_key(&name, role));
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { config } => check_config(config),
-        Command::Health { url } => probe(&url),
-        Command::Migrate { config } => block_on(migrate(config)),
+        Command::CheckConfig { config } => done(check_config(config)),
+        Command::Health { url } => done(probe(&url)),
+        Command::Migrate { config } => done(block_on(migrate(config))),
         Command::Audit { config, command } => block_on(audit(config, command)),
     }
 }
 
-fn block_on<F: std::future::Future<Output = Result<(), String>>>(future: F) -> Result<(), String> {
+fn block_on<T, F: std::future::Future<Output = Result<T, String>>>(future: F) -> Result<T, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -192,7 +191,8 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<(), String> {
+/// An audit command; `Reconcile` ends with exit code 2 when it found unmatched changes.
+async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<ExitCode, String> {
     let (config, _) = load_valid(path)?;
     let store = open_store(&config).await?;
     match command {
@@ -251,7 +251,7 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<(), Strin
             {
                 eprintln!("more records follow: --cursor {}", last.id);
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Verify => {
             let report = store.verify().await?;
@@ -260,7 +260,7 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<(), Strin
                 serde_json::to_string_pretty(&report).unwrap_or_default()
             );
             match report.first_broken_id {
-                None => Ok(()),
+                None => Ok(ExitCode::SUCCESS),
                 Some(id) => Err(format!(
                     "the audit chain is broken at record {id}: {}",
                     report.reason.unwrap_or_default()
@@ -286,9 +286,9 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<(), Strin
                 report.unmatched.len()
             );
             if report.unmatched.is_empty() {
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             } else {
-                std::process::exit(2);
+                Ok(ExitCode::from(2))
             }
         }
     }

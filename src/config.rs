@@ -28,6 +28,25 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
 }
 
+/// The socket address of a `host:port` or `ip:port` (a host name's first address).
+fn resolve_listen(listen: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = listen.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let explain = |why: String| {
+        format!(
+            "server.listen = {listen:?} is not an address with a port ({why}); write it as \
+             \"127.0.0.1:8080\", \"[::1]:8080\" or \"localhost:8080\""
+        )
+    };
+    listen
+        .to_socket_addrs()
+        .map_err(|e| explain(e.to_string()))?
+        .next()
+        .ok_or_else(|| explain("the host name has no address".into()))
+}
+
 /// The database kind `audit.database_url` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatabaseBackend {
@@ -442,11 +461,8 @@ impl Config {
     /// Every problem found, each a sentence that says what to change. Empty means valid.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.server.listen.parse::<SocketAddr>().is_err() {
-            problems.push(format!(
-                "server.listen = {:?} is not an address with a port, e.g. \"127.0.0.1:8080\"",
-                self.server.listen
-            ));
+        if let Err(problem) = resolve_listen(&self.server.listen) {
+            problems.push(problem);
         }
         if self.server.workers > 1024 {
             problems.push(format!(
@@ -686,11 +702,9 @@ impl Config {
         }
     }
 
+    /// The address `server.listen` names (a host name is resolved: `localhost:8080`).
     pub fn listen_addr(&self) -> SocketAddr {
-        self.server
-            .listen
-            .parse()
-            .expect("validated by Config::problems")
+        resolve_listen(&self.server.listen).expect("validated by Config::problems")
     }
 }
 
@@ -781,6 +795,18 @@ mod tests {
         }
         let negative = Config::from_toml("[rate_limit]\nupstream_burst = -2\n").unwrap_err();
         assert!(negative.contains("upstream_burst"), "{negative}");
+    }
+
+    #[test]
+    fn listen_takes_a_host_name() {
+        let mut cfg = Config::default();
+        cfg.server.listen = "localhost:8080".into();
+        assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+        assert_eq!(cfg.listen_addr().port(), 8080);
+        assert!(cfg.listen_addr().ip().is_loopback());
+        cfg.server.listen = "localhost".into();
+        let problems = cfg.problems().join("\n");
+        assert!(problems.contains("localhost:8080"), "{problems}");
     }
 
     #[test]

@@ -7,10 +7,10 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let cli = contabo_gateway::cli::Cli::parse();
-    if let Err(message) = contabo_gateway::cli::run(cli) {
+    contabo_gateway::cli::run(cli).unwrap_or_else(|message| {
         eprintln!("error: {message}");
-        std::process::exit(1);
-    }
+        std::process::ExitCode::FAILURE
+    })
 }
