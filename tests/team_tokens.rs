@@ -494,4 +494,32 @@ async fn two_replicas_with_one_signing_key_accept_each_others_tokens() {
         .status();
     assert_eq!(status, 401);
     assert!(SandboxState::count(&sandbox.state.counters.api_calls) >= 1);
+
+    // The team removed from replica B's configuration and B reloaded (SIGHUP): B refuses the token
+    // at once, A (not reloaded) still takes it.
+    let (_, other_block) = common::admin_client_block("team-other");
+    std::fs::write(&b.config_path, other_block).unwrap();
+    let hangup = std::process::Command::new("kill")
+        .args(["-HUP", &b.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !b.log().contains("[[clients]] reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload in the log: {}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status_at = |url: String| {
+        let request = http()
+            .get(format!("{url}/v1/users"))
+            .bearer_auth(bearer)
+            .send();
+        async move { request.await.unwrap().status() }
+    };
+    assert_eq!(status_at(b.url.clone()).await, 401);
+    assert_eq!(status_at(a.url.clone()).await, 200);
 }
