@@ -186,10 +186,26 @@ pub async fn raw_request(url: &str, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Says on the terminal, past the test harness's output capture, that a test did not run.
+/// Says on the terminal, past the test harness's output capture, that a test did not run. With
+/// `GATEWAY_TEST_REQUIRE_ALL=1` (`.ci/run` sets it) a test that cannot run fails instead: in CI
+/// no test may pass without having run.
 pub fn announce_skip(what: &str, why: &str) {
     use std::io::Write;
+    let require_all = std::env::var("GATEWAY_TEST_REQUIRE_ALL").ok();
+    if let Err(failure) = may_skip(require_all.as_deref(), what, why) {
+        panic!("{failure}");
+    }
     let _ = writeln!(std::io::stderr(), "SKIPPED {what}: {why}");
+}
+
+/// Whether a test may skip, given the value of GATEWAY_TEST_REQUIRE_ALL; the failure otherwise.
+pub fn may_skip(require_all: Option<&str>, what: &str, why: &str) -> Result<(), String> {
+    match require_all {
+        Some(v) if !v.is_empty() && v != "0" => Err(format!(
+            "{what} cannot run: {why} (GATEWAY_TEST_REQUIRE_ALL is set: every test must run)"
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub const VALID_REQUEST_ID: &str = "04e0f898-37b4-48bc-a794-1a57abe6aa31";
