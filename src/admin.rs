@@ -29,18 +29,40 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: 200 once a Contabo token can be had and the audit store can be written; 503 with
-/// the reason of each failing check otherwise.
-pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
-    let token = gw
-        .upstream
-        .tokens
-        .bearer()
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string());
+/// Readiness means "send me traffic": 200 while the gateway can serve, i.e. its audit store can be
+/// written (or `audit.fail_open` lets writes go on without it). Contabo's auth being down does not
+/// make a replica unready (every replica would be, and even cache hits and audit reads would stop):
+/// the token's state is in the body and in the metrics. `?strict=true` also requires a Contabo
+/// token now (getting one if needed), the earlier meaning, for those who want it.
+pub async fn ready(
+    State(gw): State<Arc<Gateway>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let strict = params
+        .get("strict")
+        .is_some_and(|v| v == "true" || v == "1");
+    let token = if strict {
+        gw.upstream
+            .tokens
+            .bearer()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    } else {
+        match gw.upstream.tokens.status() {
+            status if status.last_failure.is_some() => Err(format!(
+                "{} (reported, not a readiness condition; /_gateway/ready?strict=true makes it one)",
+                status.last_failure.unwrap_or_default()
+            )),
+            status if !status.has_token => {
+                Err("no token yet (one is granted at the first call)".into())
+            }
+            _ => Ok(()),
+        }
+    };
     let audit = gw.audit.health();
-    let ready = token.is_ok() && audit.is_ok();
+    let serves_writes = audit.is_ok() || gw.config.audit.fail_open;
+    let ready = serves_writes && (token.is_ok() || !strict);
     let describe = |r: &Result<(), String>| match r {
         Ok(()) => "ok".to_string(),
         Err(reason) => reason.clone(),

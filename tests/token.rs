@@ -348,3 +348,38 @@ async fn a_valid_token_serves_through_an_outage_of_renewals_without_hammering() 
         got_token.elapsed()
     );
 }
+
+/// Contabo's auth down makes no replica unready: it still serves cache hits, audit reads and
+/// writes once auth is back, and says why its token fails. `?strict=true` keeps the old meaning.
+#[tokio::test]
+async fn readiness_does_not_depend_on_contabos_auth_unless_strict() {
+    let gw = start().await;
+    let ready = |query: &'static str| {
+        let request = common::http()
+            .get(format!("{}/_gateway/ready{query}", gw.url))
+            .send();
+        async move {
+            let response = request.await.unwrap();
+            (response.status().as_u16(), json(response).await)
+        }
+    };
+    let (status, body) = ready("").await;
+    assert_eq!(status, 200, "{body}");
+    gw.sandbox().faults.auth_down.store(true, Ordering::SeqCst);
+    assert_eq!(gw.get_status("/v1/users", &gw.keys.readonly).await, 502);
+    let (status, body) = ready("").await;
+    assert_eq!(
+        status, 200,
+        "auth down must not make the replica unready: {body}"
+    );
+    assert!(
+        body["checks"]["token"]
+            .as_str()
+            .unwrap()
+            .contains("not a readiness condition"),
+        "{body}"
+    );
+    let (status, body) = ready("?strict=true").await;
+    assert_eq!(status, 503, "{body}");
+    gw.sandbox().faults.auth_down.store(false, Ordering::SeqCst);
+}
