@@ -49,11 +49,13 @@ pub enum Command {
     },
     /// Validate the configuration and explain every problem found.
     CheckConfig {
+        /// Config file (default: $GATEWAY_CONFIG, else config/default.toml if present).
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
     /// Create or update the audit store's tables (serve does this at start too).
     Migrate {
+        /// Config file (default: $GATEWAY_CONFIG, else config/default.toml if present).
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
@@ -65,6 +67,7 @@ pub enum Command {
     },
     /// Query, verify and reconcile the audit log.
     Audit {
+        /// Config file (default: $GATEWAY_CONFIG, else config/default.toml if present).
         #[arg(long, value_name = "PATH", global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]

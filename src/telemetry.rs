@@ -10,6 +10,7 @@ pub fn init(config: &LogConfig) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_wanted())
         .with_writer(std::io::stderr);
     let result = match config.format {
         LogFormat::Json => builder
@@ -22,4 +23,11 @@ pub fn init(config: &LogConfig) {
     if result.is_err() {
         tracing::debug!("logging was already set up");
     }
+}
+
+/// Colours only for a person at a terminal: never into a file or a pipe, never with `NO_COLOR`
+/// (<https://no-color.org>).
+fn colour_wanted() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }

@@ -522,4 +522,8 @@ async fn two_replicas_with_one_signing_key_accept_each_others_tokens() {
     };
     assert_eq!(status_at(b.url.clone()).await, 401);
     assert_eq!(status_at(a.url.clone()).await, 200);
+    assert!(
+        !b.log().contains('\u{1b}'),
+        "a log written to a file carries no colour codes"
+    );
 }
