@@ -16,7 +16,7 @@ use crate::role::Role;
 pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
 
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
@@ -69,7 +69,7 @@ pub fn database_backend(url: &str) -> Result<DatabaseBackend, String> {
 
 /// The gateway's own token endpoint, for tools that insist on an OAuth token URL.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct AuthConfig {
     /// A file holding the key that signs team tokens (at least 32 bytes; every replica needs the
     /// same). "" = no token endpoint. Env GATEWAY_TOKEN_SIGNING_KEY holds the key itself instead.
@@ -120,7 +120,7 @@ impl AuthConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct ServerConfig {
     pub listen: String,
     pub max_body_bytes: usize,
@@ -153,7 +153,7 @@ impl Default for ServerConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct UpstreamConfig {
     pub api_url: String,
     pub auth_url: String,
@@ -174,7 +174,7 @@ impl Default for UpstreamConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct LogConfig {
     /// "pretty" for people, "json" for log pipelines.
     pub format: LogFormat,
@@ -200,7 +200,7 @@ pub enum LogFormat {
 
 /// The response cache for user and client reads.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct CacheConfig {
     pub enabled: bool,
     pub ttl_secs: u64,
@@ -231,7 +231,7 @@ impl Default for CacheConfig {
 
 /// The compliance audit log of mutating calls.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct AuditConfig {
     pub enabled: bool,
     /// sqlite://PATH or postgres://USER@HOST/DB. Env: GATEWAY_DATABASE_URL.
@@ -279,7 +279,7 @@ impl Default for AuditConfig {
 
 /// Rate limits: per team (in `[[clients]]`) and for the one shared Contabo credential.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct RateLimitConfig {
     /// false turns every limit off (per team and upstream budget); upstream 429s still pause.
     pub enabled: bool,
@@ -316,7 +316,6 @@ impl Default for RateLimitConfig {
 
 /// One team: its key (as a SHA-256 digest), its role and its rate limits.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub name: String,
     pub key_sha256: String,
@@ -433,11 +432,45 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        Self::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+        Self::from_toml(&text).map_err(|e| match e.contains('\n') {
+            true => format!("{}:\n  {}", path.display(), e.replace('\n', "\n  ")),
+            false => format!("{}: {e}", path.display()),
+        })
     }
 
+    /// Parses a config file's text. Every key the gateway does not know is reported, each on a line
+    /// of its own with where it stands, so one run of `check-config` names all the typos.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+        let clean = |e: toml::de::Error| e.to_string().trim_end().to_string();
+        let deserializer = toml::Deserializer::parse(text).map_err(clean)?;
+        let mut unknown = Vec::new();
+        let config: Config = serde_ignored::deserialize(deserializer, |path| {
+            unknown.push(path.to_string());
+        })
+        .map_err(clean)?;
+        if unknown.is_empty() {
+            return Ok(config);
+        }
+        let mut problems: Vec<(usize, String)> = unknown
+            .iter()
+            .map(|path| {
+                let key = path.rsplit('.').next().unwrap_or(path);
+                let found = text.lines().position(|l| {
+                    let l = l.trim_start();
+                    l.strip_prefix(key)
+                        .is_some_and(|rest| rest.trim_start().starts_with('='))
+                        || l.trim_start_matches('[').trim_end_matches(']') == path
+                });
+                let at = found.map_or(String::new(), |n| format!(" (line {})", n + 1));
+                (
+                    found.unwrap_or(usize::MAX),
+                    format!("unknown key `{path}`{at}: no such setting; see config/default.toml"),
+                )
+            })
+            .collect();
+        problems.sort();
+        let problems: Vec<String> = problems.into_iter().map(|(_, p)| p).collect();
+        Err(problems.join("\n"))
     }
 
     /// Environment variables win over the file. `lookup` is injectable for tests.
@@ -724,6 +757,16 @@ mod tests {
         assert!(err.contains("lissten"), "{err}");
         let err = Config::from_toml("[bogus]\n").unwrap_err();
         assert!(err.contains("bogus"), "{err}");
+        // Every unknown key of the file, each with its line.
+        let err = Config::from_toml(
+            "[server]\nlisen = \"127.0.0.1:1\"\n[cache]\nttl = 5\n[[clients]]\nname = 'a'\n\
+             key_sha256 = 'x'\nrole = 'admin'\nrevael = []\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("`server.lisen` (line 2)"), "{err}");
+        assert!(err.contains("`cache.ttl` (line 4)"), "{err}");
+        assert!(err.contains("revael"), "{err}");
+        assert_eq!(err.lines().count(), 3, "{err}");
     }
 
     #[test]

@@ -136,9 +136,16 @@ fn check_config_explains_every_problem_and_honours_gateway_config() {
         assert!(stderr.contains(needle), "{needle} missing in {stderr}");
     }
     let typo = dir.path().join("typo.toml");
-    std::fs::write(&typo, "[server]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+    std::fs::write(
+        &typo,
+        "[server]\nlisen = \"127.0.0.1:1\"\n[cache]\nttl = 5\n",
+    )
+    .unwrap();
     let (ok, _, stderr) = output(gateway().arg("check-config").env("GATEWAY_CONFIG", &typo));
-    assert!(!ok && stderr.contains("lisen"), "{stderr}");
+    assert!(!ok, "{stderr}");
+    // Both typos in one run, each with its line.
+    assert!(stderr.contains("`server.lisen` (line 2)"), "{stderr}");
+    assert!(stderr.contains("`cache.ttl` (line 4)"), "{stderr}");
 
     let good = dir.path().join("good.toml");
     let (_, block) = new_key("ops", "admin");
