@@ -26,6 +26,9 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub auth: AuthConfig,
     pub clients: Vec<ClientConfig>,
+    /// Settings an environment variable set: (setting, variable), so a problem names the variable.
+    #[serde(skip)]
+    pub from_env: Vec<(&'static str, &'static str)>,
 }
 
 /// The socket address of a `host:port` or `ip:port` (a host name's first address).
@@ -475,17 +478,40 @@ impl Config {
 
     /// Environment variables win over the file. `lookup` is injectable for tests.
     pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
-        let set = |name: &str, target: &mut String| {
+        let mut from_env = Vec::new();
+        let mut set = |name: &'static str, setting: &'static str, target: &mut String| {
             if let Some(v) = lookup(name).filter(|v| !v.is_empty()) {
                 *target = v;
+                from_env.push((setting, name));
             }
         };
-        set("GATEWAY_LISTEN", &mut self.server.listen);
-        set("CONTABO_API_URL", &mut self.upstream.api_url);
-        set("CONTABO_AUTH_URL", &mut self.upstream.auth_url);
-        set("GATEWAY_REDIS_URL", &mut self.cache.redis_url);
-        set("GATEWAY_REDIS_URL", &mut self.rate_limit.redis_url);
-        set("GATEWAY_DATABASE_URL", &mut self.audit.database_url);
+        set("GATEWAY_LISTEN", "server.listen", &mut self.server.listen);
+        set(
+            "CONTABO_API_URL",
+            "upstream.api_url",
+            &mut self.upstream.api_url,
+        );
+        set(
+            "CONTABO_AUTH_URL",
+            "upstream.auth_url",
+            &mut self.upstream.auth_url,
+        );
+        set(
+            "GATEWAY_REDIS_URL",
+            "cache.redis_url",
+            &mut self.cache.redis_url,
+        );
+        set(
+            "GATEWAY_REDIS_URL",
+            "rate_limit.redis_url",
+            &mut self.rate_limit.redis_url,
+        );
+        set(
+            "GATEWAY_DATABASE_URL",
+            "audit.database_url",
+            &mut self.audit.database_url,
+        );
+        self.from_env = from_env;
         if let Some(key) = lookup("GATEWAY_TOKEN_SIGNING_KEY").filter(|v| !v.is_empty()) {
             self.auth.signing_key = Some(key.into());
         }
@@ -493,6 +519,24 @@ impl Config {
 
     /// Every problem found, each a sentence that says what to change. Empty means valid.
     pub fn problems(&self) -> Vec<String> {
+        self.problems_of_values()
+            .into_iter()
+            .map(|problem| {
+                match self
+                    .from_env
+                    .iter()
+                    .find(|(setting, _)| problem.starts_with(&format!("{setting} =")))
+                {
+                    Some((_, variable)) => {
+                        format!("{problem} (the value comes from env {variable})")
+                    }
+                    None => problem,
+                }
+            })
+            .collect()
+    }
+
+    fn problems_of_values(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if let Err(problem) = resolve_listen(&self.server.listen) {
             problems.push(problem);
@@ -838,6 +882,14 @@ mod tests {
         }
         let negative = Config::from_toml("[rate_limit]\nupstream_burst = -2\n").unwrap_err();
         assert!(negative.contains("upstream_burst"), "{negative}");
+    }
+
+    #[test]
+    fn a_problem_names_the_environment_variable_that_set_the_value() {
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| (k == "GATEWAY_LISTEN").then(|| "nowhere".into()));
+        let problems = cfg.problems().join("\n");
+        assert!(problems.contains("from env GATEWAY_LISTEN"), "{problems}");
     }
 
     #[test]
