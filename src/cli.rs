@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use std::collections::HashMap;
 
 use crate::app::Application;
-use crate::audit::query::{Filter, Format, csv_line, parse_time, table_line};
+use crate::audit::query::{Filter, Format, csv_line, parse_time, table_header, table_line};
 use crate::audit::reconcile::reconcile;
 use crate::audit::store::Store;
 use crate::clients::{Role, generate_key, sha256};
@@ -80,14 +80,19 @@ pub enum Command {
 pub enum AuditCommand {
     /// Records matching the filters, oldest first.
     Query {
+        /// A team's name, as in its [[clients]] block.
         #[arg(long)]
         client: Option<String>,
+        /// An HTTP method: POST, PUT, PATCH, DELETE (only mutating calls are audited).
         #[arg(long)]
         method: Option<String>,
+        /// The start of the path, e.g. /v1/compute/instances.
         #[arg(long)]
         path_prefix: Option<String>,
+        /// The HTTP status the caller got, e.g. 201.
         #[arg(long)]
         status: Option<String>,
+        /// pending | forwarded | rejected | upstream_error | gateway_error | interrupted
         #[arg(long)]
         outcome: Option<String>,
         /// RFC 3339 or epoch seconds (inclusive).
@@ -96,10 +101,13 @@ pub enum AuditCommand {
         /// RFC 3339 or epoch seconds (exclusive).
         #[arg(long)]
         until: Option<String>,
+        /// A request id (x-request-id), any case.
         #[arg(long)]
         request_id: Option<String>,
+        /// Records to show at most (1-1000); the next page's --cursor is printed after them.
         #[arg(long)]
         limit: Option<String>,
+        /// Show records after this id (printed as "more records follow: --cursor N").
         #[arg(long)]
         cursor: Option<String>,
         /// table | json | csv
@@ -244,6 +252,7 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<ExitCode,
                 ),
                 Format::Csv => print!("{}", String::from_utf8_lossy(&csv_line(shown, true))),
                 _ => {
+                    println!("{}", table_header());
                     for record in shown {
                         println!("{}", table_line(record));
                     }

@@ -183,8 +183,32 @@ async fn migrate_query_and_verify_commands() {
 
     let (ok, table, _) = cli(&["audit", "query", "--client", "cli-test"], &db);
     assert!(ok);
-    assert_eq!(table.lines().count(), 3, "{table}");
+    assert_eq!(
+        table.lines().count(),
+        4,
+        "a header and three records: {table}"
+    );
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header[..6],
+        ["id", "time", "client", "method", "path", "status"],
+        "{table}"
+    );
     assert!(table.contains("/v1/compute/instances") && table.contains("forwarded"));
+    let (ok, help, _) = cli(&["audit", "query", "--help"], &db);
+    assert!(ok);
+    for accepted in [
+        "rejected",
+        "interrupted",
+        "1-1000",
+        "RFC 3339",
+        "table | json | csv",
+    ] {
+        assert!(
+            help.contains(accepted),
+            "{accepted} not in the help: {help}"
+        );
+    }
     let (ok, csv, _) = cli(
         &[
             "audit",

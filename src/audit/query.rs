@@ -235,9 +235,17 @@ fn spreadsheet_safe(cell: String) -> String {
 }
 
 /// A compact table for people (CLI).
+/// The column names above the lines of [`table_line`].
+pub fn table_header() -> String {
+    format!(
+        "{:>6}  {:<24}  {:<14} {:<6} {:<40} {:>4}  {:<14} {}",
+        "id", "time", "client", "method", "path", "status", "outcome", "request id"
+    )
+}
+
 pub fn table_line(r: &AuditRecord) -> String {
     format!(
-        "{:>6}  {}  {:<14} {:<6} {:<40} {:>4}  {:<14} {}",
+        "{:>6}  {:<24}  {:<14} {:<6} {:<40} {:>4}  {:<14} {}",
         r.id,
         r.ts,
         r.client,
