@@ -57,6 +57,8 @@ async fn serve_call(
     peer: SocketAddr,
 ) -> Result<axum::response::Response, std::convert::Infallible> {
     let (request_id, origin) = RequestId::from_headers(request.headers());
+    // The caller's address: the peer, or behind a trusted proxy the address it forwarded.
+    let peer = gateway.trusted_proxies.client(peer, request.headers());
     let span = tracing::info_span!(
         "call",
         request_id = %request_id,

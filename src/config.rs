@@ -138,6 +138,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// 401s one client address may get in a minute before its calls get 429 (0 = no limit).
     pub auth_failures_per_minute: u32,
+    /// Proxies (CIDRs or addresses) whose `Forwarded` / `X-Forwarded-For` name the caller.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -151,6 +153,7 @@ impl Default for ServerConfig {
             idle_timeout_secs: 60,
             max_connections: 10_000,
             auth_failures_per_minute: 30,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -551,6 +554,11 @@ impl Config {
             problems.push(
                 "server.header_timeout_secs and server.idle_timeout_secs must be at least 1".into(),
             );
+        }
+        if let Err(problem) =
+            crate::client_address::TrustedProxies::parse(&self.server.trusted_proxies)
+        {
+            problems.push(problem);
         }
         if self.server.max_connections == 0 {
             problems.push("server.max_connections must be at least 1".into());

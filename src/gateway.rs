@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use crate::audit::AuditLog;
 use crate::auth_throttle::AuthThrottle;
 use crate::cache::ResponseCache;
+use crate::client_address::TrustedProxies;
 use crate::clients::ClientRegistry;
 use crate::config::{ClientConfig, Config, Credentials};
 use crate::ratelimit::RateLimits;
@@ -42,6 +43,8 @@ pub struct Gateway {
     connections: Arc<Semaphore>,
     /// Signs and verifies the tokens of the gateway's token endpoint; None turns the endpoint off.
     pub team_tokens: Option<TokenSigner>,
+    /// Proxies whose forwarding headers name the caller (`server.trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Gateway {
@@ -53,8 +56,10 @@ impl Gateway {
             Some(key) => Some(TokenSigner::new(&key).map_err(|e| format!("auth: {e}"))?),
             None => None,
         };
+        let trusted_proxies = TrustedProxies::parse(&config.server.trusted_proxies)?;
         Ok(Self {
             team_tokens,
+            trusted_proxies,
             audit: AuditLog::start(&config.audit),
             limits: RateLimits::new(&config.rate_limit)?,
             cache,

@@ -10,6 +10,7 @@ pub mod auth_throttle;
 pub mod backoff;
 pub mod cache;
 pub mod cli;
+pub mod client_address;
 pub mod clients;
 pub mod config;
 pub mod connection;
