@@ -221,8 +221,9 @@ async fn a_refused_credential_answers_502_without_the_secret_and_backs_off() {
     // Five calls within the backoff window: the auth server saw one attempt.
     assert_eq!(count(&gw.sandbox().counters.refused_grants), 1);
     assert_eq!(gw.api_calls(), 0);
+    // Strict readiness requires a token; the default one only reports it.
     let ready = common::http()
-        .get(format!("{}/_gateway/ready", gw.url))
+        .get(format!("{}/_gateway/ready?strict=true", gw.url))
         .send()
         .await
         .unwrap();
@@ -244,7 +245,7 @@ async fn an_unavailable_auth_server_answers_502() {
         "upstream_credential_unusable"
     );
     let ready = common::http()
-        .get(format!("{}/_gateway/ready", gw.url))
+        .get(format!("{}/_gateway/ready?strict=true", gw.url))
         .send()
         .await
         .unwrap();
