@@ -69,15 +69,7 @@ async fn wait_ready(gw: &TestGateway) {
 }
 
 async fn records(gw: &TestGateway, query: &str) -> serde_json::Value {
-    gw.gateway.audit.flush().await;
-    let response = http()
-        .get(format!("{}/_gateway/audit?{query}", gw.url))
-        .bearer_auth(&gw.keys.auditor)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{query}");
-    json(response).await
+    common::audit_records(gw, query).await
 }
 
 async fn send(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{http, json, start_with};
+use common::start_with;
 use contabo_gateway::sandbox::SandboxOptions;
 
 async fn audited_address(
@@ -25,16 +25,7 @@ async fn audited_address(
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    gw.gateway.audit.flush().await;
-    let audit = json(
-        http()
-            .get(format!("{}/_gateway/audit?request_id={request_id}", gw.url))
-            .bearer_auth(&gw.keys.auditor)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let audit = common::audit_records(gw, &format!("request_id={request_id}")).await;
     audit["records"][0]["client_ip"]
         .as_str()
         .unwrap()

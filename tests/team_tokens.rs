@@ -151,20 +151,8 @@ async fn a_token_is_the_team_for_roles_limits_and_audit() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    gw.gateway.audit.flush().await;
-    let audit = json(
-        http()
-            .get(format!(
-                "{}/_gateway/audit?request_id={}",
-                gw.url,
-                common::VALID_REQUEST_ID
-            ))
-            .bearer_auth(&gw.keys.auditor)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let audit =
+        common::audit_records(&gw, &format!("request_id={}", common::VALID_REQUEST_ID)).await;
     let rows = audit["records"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{audit}");
     assert_eq!(rows[0]["client"], "team-operator");

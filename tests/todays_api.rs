@@ -9,17 +9,10 @@ use contabo_gateway::audit::reconcile::audit_endpoints;
 use serde_json::json;
 
 async fn audit_rows(gw: &common::TestGateway, query: &str) -> Vec<serde_json::Value> {
-    gw.gateway.audit.flush().await;
-    let body = json(
-        http()
-            .get(format!("{}/_gateway/audit?{query}", gw.url))
-            .bearer_auth(&gw.keys.auditor)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    body["records"].as_array().unwrap().clone()
+    common::audit_records(gw, query).await["records"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[tokio::test]

@@ -232,15 +232,16 @@ impl SandboxState {
     /// verifies but the sandbox itself (by looking the token up).
     fn access_jwt(&self) -> String {
         let now = jsonwebtoken::get_current_timestamp();
+        let credential = self.credential();
         let claims = serde_json::json!({
             "exp": now + self.options.access_token_secs.ceil() as u64,
             "iat": now,
             "jti": uuid::Uuid::new_v4().to_string(),
             "iss": "sandbox/auth/realms/contabo",
             "typ": "Bearer",
-            "azp": self.credential().client_id,
+            "azp": credential.client_id,
             "sub": self.owner_id(),
-            "preferred_username": self.credential().username,
+            "preferred_username": credential.username,
             "scope": "profile email",
         });
         let key = jsonwebtoken::EncodingKey::from_secret(random_token().as_bytes())

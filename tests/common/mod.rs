@@ -76,6 +76,20 @@ impl Drop for TestGateway {
     }
 }
 
+/// The audit records matching `query` (the `/_gateway/audit` filters), read with the auditor key
+/// once every record sent so far is committed.
+pub async fn audit_records(gw: &TestGateway, query: &str) -> serde_json::Value {
+    gw.gateway.audit.flush().await;
+    let response = http()
+        .get(format!("{}/_gateway/audit?{query}", gw.url))
+        .bearer_auth(&gw.keys.auditor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{query}");
+    json(response).await
+}
+
 /// One HTTP client per test thread (each test has its own thread and runtime, and a client's
 /// pooled connections belong to the runtime that opened them): building a client loads the
 /// platform's trust store, which takes tens of milliseconds, too long to do per call.
