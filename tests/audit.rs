@@ -1121,11 +1121,8 @@ async fn a_frozen_postgres_is_answered_503_within_the_deadline_and_ready_follows
         return;
     };
     assert_eq!(create_instance(&gw, &gw.keys.admin, 1).await, 201);
-    // The first call's final record committed before the freeze. Without this wait the chain was
-    // found broken at record 1 in about one run of three (since the tests run the real 2-worker
-    // serving path): a final record whose batch timed out on the frozen store seems to be written
-    // twice when that commit lands after the thaw. Open finding, see the session's notes.
-    gw.gateway.audit.flush().await;
+    // The first call's final record may still be in flight when the store freezes: its batch then
+    // times out, may commit after the thaw, and must not be appended a second time.
 
     // Every PostgreSQL process stopped: the next write is answered 503 within the deadline.
     postgres.signal("-STOP");
@@ -1291,4 +1288,190 @@ async fn sqlite_on_a_full_disk_stays_unready_until_space_is_back_then_recovers()
     );
     drop(store);
     drop(gw);
+}
+
+/// A TCP relay to the test PostgreSQL that can lose the answer to a COMMIT, as a network does when
+/// it fails after the server committed: once armed, the `lose_after + 1`-th COMMIT answered (the
+/// server's CommandComplete "COMMIT") is not passed on, and that connection gets nothing more.
+struct CommitAnswerLoss {
+    port: u16,
+    /// COMMIT answers still to pass before one is lost; negative: not armed.
+    pass: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CommitAnswerLoss {
+    async fn start(upstream: String) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let pass = std::sync::Arc::new(AtomicI64::new(-1));
+        let lost = std::sync::Arc::new(AtomicBool::new(false));
+        let (relay_pass, relay_lost) = (pass.clone(), lost.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let (pass, lost) = (relay_pass.clone(), relay_lost.clone());
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    let mut silent = false;
+                    loop {
+                        let n = match server_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buffer[..n];
+                        if !silent && chunk.windows(7).any(|w| w == b"COMMIT\0") {
+                            let left = pass.load(Ordering::SeqCst);
+                            if left == 0 {
+                                pass.store(-1, Ordering::SeqCst);
+                                lost.store(true, Ordering::SeqCst);
+                                silent = true;
+                            } else if left > 0 {
+                                pass.store(left - 1, Ordering::SeqCst);
+                            }
+                        }
+                        if silent {
+                            continue;
+                        }
+                        if client_write.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    // The client's half stays open, as a connection whose packets are lost does.
+                    std::future::pending::<()>().await;
+                    drop(client_write);
+                });
+            }
+        });
+        Self { port, pass, lost }
+    }
+
+    /// Loses the answer to the COMMIT after the next `pass` ones.
+    fn arm(&self, pass: i64) {
+        self.pass.store(pass, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A gateway whose PostgreSQL audit store is reached through a `CommitAnswerLoss`; the store's
+/// direct URL for checking it.
+async fn behind_commit_answer_loss(what: &str) -> Option<(CommitAnswerLoss, TestGateway, String)> {
+    let direct = fresh_database(Backend::Postgres, std::path::Path::new("/tmp")).await;
+    let Some(direct) = direct else {
+        announce_skip(what, "GATEWAY_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let parsed = reqwest::Url::parse(&direct).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        parsed.host_str().unwrap(),
+        parsed.port().unwrap_or(5432)
+    );
+    let relay = CommitAnswerLoss::start(upstream.clone()).await;
+    let relayed = direct.replacen(&upstream, &format!("127.0.0.1:{}", relay.port), 1);
+    assert_ne!(relayed, direct, "the relay's address is in the store's URL");
+    let gw = start_with(SandboxOptions::default(), move |c| {
+        c.audit.database_url = relayed;
+        c.audit.write_timeout_ms = 1000;
+    })
+    .await;
+    wait_ready(&gw).await;
+    Some((relay, gw, direct))
+}
+
+/// Calls until one is answered `want` (the store comes back after a failed write).
+async fn create_until(gw: &TestGateway, n: u32, want: u16) {
+    let started = std::time::Instant::now();
+    loop {
+        let status = create_instance(gw, &gw.keys.admin, n).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still {status} after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_final_record_whose_commit_answer_was_lost_is_not_appended_twice() {
+    let Some((relay, gw, direct)) =
+        behind_commit_answer_loss("the lost COMMIT answer audit test").await
+    else {
+        return;
+    };
+    // The call's pending record commits; the answer to its final record's COMMIT is lost, so the
+    // writer cannot know the record is in the chain and writes it again once the store is back.
+    relay.arm(1);
+    assert_eq!(create_instance(&gw, &gw.keys.admin, 1).await, 201);
+    let started = std::time::Instant::now();
+    while !relay.lost() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no COMMIT answer was lost"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The write times out (1 s), the store is opened again and the kept record retried.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    create_until(&gw, 2, 201).await;
+    gw.gateway.audit.flush().await;
+
+    let store = Store::open(&direct).await.unwrap();
+    let report = store.verify().await.unwrap();
+    assert!(report.ok && report.first_broken_id.is_none(), "{report:?}");
+    let listed = records(&gw, "").await;
+    let ids: Vec<_> = listed["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["request_id"].as_str().unwrap().to_string(),
+                r["seq"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "one record per call: {ids:?}");
+    assert_eq!(report.checked, 2, "{report:?}");
+}
+
+#[tokio::test]
+async fn a_pending_record_whose_commit_answer_was_lost_is_finalised_as_refused() {
+    let Some((relay, gw, direct)) =
+        behind_commit_answer_loss("the lost pending COMMIT answer audit test").await
+    else {
+        return;
+    };
+    // The pending record's COMMIT answer is lost: the caller is refused 503 (nothing forwarded),
+    // yet the record is in the store.
+    relay.arm(0);
+    assert_eq!(create_instance(&gw, &gw.keys.admin, 1).await, 503);
+    assert!(relay.lost());
+    assert_eq!(gw.api_calls(), 0, "a refused call is not forwarded");
+    create_until(&gw, 2, 201).await;
+    gw.gateway.audit.flush().await;
+
+    let store = Store::open(&direct).await.unwrap();
+    let report = store.verify().await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.pending, 0, "no record stays pending: {report:?}");
+    let refused = records(&gw, &format!("request_id={}", rid(1))).await;
+    let refused = &refused["records"][0];
+    assert_eq!(refused["outcome"], "rejected", "{refused}");
+    assert_eq!(refused["status"], 503, "{refused}");
 }

@@ -186,6 +186,45 @@ impl Store {
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
     }
 
+    /// Waits until no earlier append is still in progress: a batch whose answer never came (its
+    /// connection given up at the write deadline) may still commit, and does so while it holds the
+    /// chain lock (PostgreSQL) or the file's write lock (SQLite). Taking that lock once means the
+    /// earlier batch has either committed or rolled back, so what the store holds is final.
+    pub async fn settle(&self, conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+        let sql = match self.backend {
+            Backend::Postgres => {
+                format!("BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}) IS NULL; COMMIT")
+            }
+            Backend::Sqlite => "BEGIN IMMEDIATE; COMMIT".to_string(),
+        };
+        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await;
+        if result.is_err() {
+            Self::rollback(conn).await;
+        }
+        result.map(|_| ())
+    }
+
+    /// Whether the record with this id is the call's (same request id and time) and, if so, its
+    /// chain position: `None` when the store does not hold it, `Some(None)` while it is pending.
+    pub async fn stored_position(
+        conn: &mut sqlx::AnyConnection,
+        id: i64,
+        record: &AuditRecord,
+    ) -> Result<Option<Option<i64>>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT seq FROM audit_records WHERE id = $1 AND request_id = $2 AND ts = $3",
+        )
+        .bind(id)
+        .bind(record.request_id.as_str())
+        .bind(record.ts.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        row.map(|row| row.try_get::<Option<i64>, _>("seq"))
+            .transpose()
+    }
+
     /// PostgreSQL: writes the batch's records (with their ids) in one upsert whose only parameter
     /// is the records as a JSON array, expanded by `json_to_recordset`: new records are inserted,
     /// pending ones get their final fields and chain position through their primary key. One

@@ -3,7 +3,10 @@
 //! call; chain appends happen here, in order. While the store cannot be opened, every write is
 //! answered with the reason and the writer retries in the background. A final record whose batch
 //! failed is kept and written again with the next batch (at least once a second): the call it
-//! records was answered, so it must not be lost.
+//! records was answered, so it must not be lost. A failed batch may still have committed (its
+//! answer lost after the commit), so a kept record is first looked up in the store ([`Retry`]):
+//! it is never appended to the chain twice, and a pending record whose caller was refused is
+//! finalised as refused rather than left pending.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -38,6 +41,17 @@ pub enum Op {
     Flush { reply: oneshot::Sender<()> },
 }
 
+/// A record to finalise again after a failed batch, whose commit may or may not have happened.
+struct Retry {
+    /// The record as it is to be finalised, its id as it was before the failed batch (0 when
+    /// that batch was to insert it).
+    record: AuditRecord,
+    /// The id the failed batch gave it (0 when the batch failed before numbering it).
+    attempted_id: i64,
+    /// Finalise it only when the store holds it: a pending record of a refused call.
+    only_if_stored: bool,
+}
+
 /// Whether the store can be written, and why not.
 pub type Health = Arc<RwLock<Result<(), String>>>;
 
@@ -59,7 +73,7 @@ pub async fn run(
     // The chain's tail after the last batch, when this writer may rely on it (see `write`).
     let mut tail = None;
     // Final records of failed batches, written again with the next one.
-    let mut carried: Vec<Op> = Vec::new();
+    let mut carried: Vec<Retry> = Vec::new();
     let mut closed = false;
     loop {
         // Nothing to do for a second: a store that is up is probed (a frozen or stopped database
@@ -90,7 +104,35 @@ pub async fn run(
             break;
         }
         closed |= first.is_none() && ops.is_closed();
-        let mut batch = std::mem::take(&mut carried);
+        if closed && store.is_none() {
+            for retry in carried.drain(..) {
+                tracing::error!(request_id = %retry.record.request_id, "an audit record could not be finalised before the writer stopped; it stays pending");
+            }
+        }
+        let mut batch = Vec::new();
+        if !carried.is_empty()
+            && let Some(s) = &store
+        {
+            match tokio::time::timeout(deadline, look_up(s, &mut conn, &carried)).await {
+                Ok(Ok(ops)) => {
+                    carried.clear();
+                    batch = ops;
+                }
+                Ok(Err(e)) => {
+                    let reason = format!("the audit store could not be read: {e}");
+                    mark_down(&health, &reason);
+                    (store, conn, tail) = (None, None, None);
+                }
+                Err(_) => {
+                    let reason = format!(
+                        "the audit store did not answer within audit.write_timeout_ms ({} ms)",
+                        deadline.as_millis()
+                    );
+                    mark_down(&health, &reason);
+                    (store, conn, tail) = (None, None, None);
+                }
+            }
+        }
         batch.extend(first);
         while batch.len() < MAX_BATCH {
             match ops.try_recv() {
@@ -140,7 +182,7 @@ pub async fn run(
                 mark_down(&health, reason);
                 (store, conn, tail) = (None, None, None);
                 if !closed {
-                    carried = keep_final_records(&mut batch, &assigned_ids);
+                    carried.extend(keep_final_records(&mut batch, &assigned_ids));
                 }
             }
         }
@@ -201,9 +243,11 @@ fn op_id(op: &Op) -> i64 {
     }
 }
 
-/// Takes the final records nobody waits for out of a failed batch, as they were before it (no
-/// chain position; no id when the batch gave them one), to be written again.
-fn keep_final_records(batch: &mut Vec<Op>, ids_before: &[i64]) -> Vec<Op> {
+/// What a failed batch leaves to write again: its final records nobody waits for (taken out of
+/// the batch, as they were before it), and for each pending record it numbered, that record
+/// finalised as refused (its caller is answered 503 and nothing is forwarded), in case the batch
+/// committed after all.
+fn keep_final_records(batch: &mut Vec<Op>, ids_before: &[i64]) -> Vec<Retry> {
     let mut kept = Vec::new();
     let mut index = 0;
     batch.retain_mut(|op| {
@@ -214,15 +258,22 @@ fn keep_final_records(batch: &mut Vec<Op>, ids_before: &[i64]) -> Vec<Op> {
                 record,
                 reply: None,
             } => {
+                let attempted_id = record.id;
+                let mut record = record.clone();
                 record.id = id_before;
                 record.seq = None;
                 record.prev_hash = None;
                 record.hash = None;
-                kept.push(Op::Finish {
-                    record: record.clone(),
-                    reply: None,
+                kept.push(Retry {
+                    record,
+                    attempted_id,
+                    only_if_stored: false,
                 });
                 false
+            }
+            Op::Begin { record, .. } if record.id != 0 => {
+                kept.push(refused(record.clone()));
+                true
             }
             _ => true,
         }
@@ -230,10 +281,66 @@ fn keep_final_records(batch: &mut Vec<Op>, ids_before: &[i64]) -> Vec<Op> {
     if !kept.is_empty() {
         tracing::warn!(
             records = kept.len(),
-            "final audit records kept to be written again once the store can be written"
+            "audit records kept to be written again once the store can be written"
         );
     }
     kept
+}
+
+/// A pending record whose call was refused because its commit was not confirmed in time.
+fn refused(mut record: AuditRecord) -> Retry {
+    record.outcome = super::record::Outcome::Rejected;
+    record.status = Some(503);
+    record.response_body = serde_json::json!({
+        "error": "audit_unavailable",
+        "message": "the audit store did not confirm the pending record within \
+                    audit.write_timeout_ms; the call was refused"
+    })
+    .to_string();
+    Retry {
+        attempted_id: record.id,
+        record,
+        only_if_stored: true,
+    }
+}
+
+/// Looks the kept records up once every earlier append has ended: those a failed batch did
+/// commit after all are dropped (never appended twice), the rest become the next batch's first
+/// final records.
+async fn look_up(
+    store: &Store,
+    conn: &mut Option<PoolConnection<sqlx::Any>>,
+    kept: &[Retry],
+) -> Result<Vec<Op>, sqlx::Error> {
+    if conn.is_none() {
+        *conn = Some(store.writer_connection().await?);
+    }
+    let conn = conn
+        .as_mut()
+        .expect("the writer's connection was just taken");
+    store.settle(conn).await?;
+    let mut ops = Vec::with_capacity(kept.len());
+    for retry in kept {
+        let stored = match retry.attempted_id {
+            0 => None,
+            id => Store::stored_position(conn, id, &retry.record).await?,
+        };
+        let mut record = retry.record.clone();
+        match stored {
+            Some(Some(_)) => {
+                tracing::info!(request_id = %record.request_id, "an audit record whose commit was not confirmed had been committed; it is not written again");
+                continue;
+            }
+            Some(None) => record.id = retry.attempted_id,
+            None if retry.only_if_stored => continue,
+            None => {}
+        }
+        ops.push(Op::Finish {
+            record,
+            reply: None,
+        });
+    }
+    Ok(ops)
 }
 
 /// Opens the store (within the deadline) and proves it writable with a probe write; only then is
@@ -377,25 +484,15 @@ fn records(batch: &[Op]) -> Vec<&AuditRecord> {
 }
 
 /// Answers every op of a written (or failed) batch. A pending record committed for a caller that
-/// stopped waiting (its write deadline passed) is finalised as rejected: that call was refused
-/// with 503 and never forwarded.
-fn reply(batch: Vec<Op>, result: Result<(), String>, carried: &mut Vec<Op>) {
+/// stopped waiting (its write deadline passed) is finalised as refused: that call was answered
+/// 503 and never forwarded.
+fn reply(batch: Vec<Op>, result: Result<(), String>, carried: &mut Vec<Retry>) {
     for op in batch {
         match op {
-            Op::Begin { mut record, reply } => {
-                if reply.send(result.clone().map(|_| record.id)).is_err() && result.is_ok() {
-                    record.outcome = super::record::Outcome::Rejected;
-                    record.status = Some(503);
-                    record.response_body = serde_json::json!({
-                        "error": "audit_unavailable",
-                        "message": "the audit store did not commit the pending record within \
-                                    audit.write_timeout_ms; the call was refused"
-                    })
-                    .to_string();
-                    carried.push(Op::Finish {
-                        record,
-                        reply: None,
-                    });
+            Op::Begin { record, reply } => {
+                let id = record.id;
+                if reply.send(result.clone().map(|_| id)).is_err() && result.is_ok() {
+                    carried.push(refused(record));
                 }
             }
             Op::Finish {
