@@ -26,24 +26,76 @@ use crate::gateway::{ClientAddr, Gateway};
 use crate::request_id::{Origin, RequestId};
 use crate::{admin, pipeline, token_endpoint};
 
-/// The router of the gateway's own endpoints: the token endpoint, /_gateway/**, 400/404 for every
-/// other path outside /v1.
-pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
-        .route(token_endpoint::TOKEN_PATH, post(token_endpoint::token))
-        .route("/_gateway/health", get(admin::health))
-        .route("/_gateway/ready", get(admin::ready))
-        .route("/_gateway/status", get(admin::status))
-        .route("/_gateway/metrics", get(admin::metrics))
-        .route("/_gateway/audit", get(admin::audit_query))
-        .route("/_gateway/audit/verify", get(admin::audit_verify))
-        .route(
-            "/_gateway/cache",
-            get(admin::cache_stats).delete(admin::cache_purge),
-        )
-        // Everything else outside /v1 (Contabo calls never reach the router).
-        .fallback(pipeline::not_found)
-        .with_state(gateway)
+/// What one listener serves: everything (no `server.admin_listen`), or with an admin listener the
+/// API (Contabo calls and the token endpoint) on `server.listen` and the gateway's own endpoints
+/// on `server.admin_listen`, so metrics and status never share the public port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Everything,
+    Api,
+    Admin,
+}
+
+impl Surface {
+    fn serves_api(self) -> bool {
+        self != Surface::Admin
+    }
+
+    fn serves_admin(self) -> bool {
+        self != Surface::Api
+    }
+}
+
+/// The router of the gateway's own endpoints on a listener serving `surface`: the token endpoint,
+/// /_gateway/**, 400/404 for every other path outside /v1.
+pub fn router(gateway: Arc<Gateway>, surface: Surface) -> Router {
+    let mut router = Router::new();
+    if surface.serves_api() {
+        router = router.route(token_endpoint::TOKEN_PATH, post(token_endpoint::token));
+    }
+    if surface.serves_admin() {
+        router = router
+            .route("/_gateway/health", get(admin::health))
+            .route("/_gateway/ready", get(admin::ready))
+            .route("/_gateway/status", get(admin::status))
+            .route("/_gateway/metrics", get(admin::metrics))
+            .route("/_gateway/audit", get(admin::audit_query))
+            .route("/_gateway/audit/verify", get(admin::audit_verify))
+            .route(
+                "/_gateway/cache",
+                get(admin::cache_stats).delete(admin::cache_purge),
+            );
+    }
+    let router = match surface {
+        Surface::Everything => router.fallback(pipeline::not_found),
+        Surface::Api => router.fallback(served_on_the_admin_port),
+        Surface::Admin => router.fallback(served_on_the_api_port),
+    };
+    router.with_state(gateway)
+}
+
+/// The API listener's answer to /_gateway/* when an admin listener serves those.
+async fn served_on_the_admin_port(request: axum::extract::Request) -> axum::response::Response {
+    if !request.uri().path().starts_with("/_gateway/") {
+        return pipeline::not_found(request).await;
+    }
+    let request_id = RequestId::of_call(request.extensions(), request.headers());
+    GatewayError::NotFound(format!(
+        "{} is served on the gateway's admin port (server.admin_listen), not on this one",
+        request.uri().path()
+    ))
+    .into_response_with(&request_id)
+}
+
+/// The admin listener's answer to everything but /_gateway/*.
+async fn served_on_the_api_port(request: axum::extract::Request) -> axum::response::Response {
+    let request_id = RequestId::of_call(request.extensions(), request.headers());
+    GatewayError::NotFound(format!(
+        "{} is not served on the admin port: Contabo calls and the token endpoint are on \
+         server.listen; this port serves /_gateway/ only",
+        request.uri().path()
+    ))
+    .into_response_with(&request_id)
 }
 
 /// Every call, whichever endpoint serves it, goes through here: its request id (the caller's
@@ -53,6 +105,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 async fn serve_call(
     gateway: Arc<Gateway>,
     router: Router,
+    surface: Surface,
     mut request: axum::extract::Request,
     peer: SocketAddr,
 ) -> Result<axum::response::Response, std::convert::Infallible> {
@@ -67,7 +120,7 @@ async fn serve_call(
         client = tracing::field::Empty,
         route = tracing::field::Empty,
     );
-    let served = if pipeline::is_contabo_call(request.uri().path()) {
+    let served = if surface.serves_api() && pipeline::is_contabo_call(request.uri().path()) {
         Either::Left(pipeline::handle(
             &gateway,
             request,
@@ -147,6 +200,7 @@ pub struct Application {
     gateway: Arc<Gateway>,
     listeners: Vec<std::net::TcpListener>,
     address: SocketAddr,
+    admin: Option<(std::net::TcpListener, SocketAddr)>,
 }
 
 impl Application {
@@ -156,12 +210,28 @@ impl Application {
         let listeners = bind_workers(config.listen_addr(), config.worker_count())
             .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
         let address = listeners[0].local_addr().map_err(|e| e.to_string())?;
+        let admin = match config.admin_listen_addr() {
+            Some(addr) => {
+                let mut bound = bind_workers(addr, 1)
+                    .map_err(|e| format!("cannot listen on {}: {e}", config.server.admin_listen))?;
+                let listener = bound.remove(0);
+                let address = listener.local_addr().map_err(|e| e.to_string())?;
+                Some((listener, address))
+            }
+            None => None,
+        };
         let gateway = Arc::new(Gateway::new(config, credentials)?);
         Ok(Self {
             gateway,
             listeners,
             address,
+            admin,
         })
+    }
+
+    /// Where the gateway's own endpoints are served when `server.admin_listen` is set.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, address)| *address)
     }
 
     /// The address it listens on (the port resolved when `server.listen` asked for port 0).
@@ -178,21 +248,52 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        serve_workers(self.gateway, self.listeners, shutdown).await
+        serve_workers(
+            self.gateway,
+            self.listeners,
+            self.admin.map(|(listener, _)| listener),
+            shutdown,
+        )
+        .await
     }
 }
 
 /// Serves on `listeners` (bound with [`bind_workers`]), each in its own single-threaded runtime on
 /// its own thread, like nginx's worker processes: a call stays on one thread from accept to answer,
-/// and the kernel spreads connections across workers. Returns when every worker has drained.
+/// and the kernel spreads connections across workers. The admin listener, when there is one, is
+/// served on the caller's runtime with connection slots of its own, so probes and scrapes get in
+/// while the API port is full. Returns when every worker has drained.
 async fn serve_workers(
     gateway: Arc<Gateway>,
     listeners: Vec<std::net::TcpListener>,
+    admin: Option<std::net::TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let background = start_background_tasks(&gateway);
     gateway.limits.connect().await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let surface = if admin.is_some() {
+        Surface::Api
+    } else {
+        Surface::Everything
+    };
+    let admin = match admin {
+        Some(listener) => {
+            let listener = TcpListener::from_std(listener)?;
+            let mut stop = stop_rx.clone();
+            let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS));
+            Some(tokio::spawn(accept_loop(
+                gateway.clone(),
+                listener,
+                Surface::Admin,
+                slots,
+                async move {
+                    let _ = stop.wait_for(|stopping| *stopping).await;
+                },
+            )))
+        }
+        None => None,
+    };
     let mut workers = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
         let gateway = gateway.clone();
@@ -206,7 +307,8 @@ async fn serve_workers(
                     .build()?;
                 runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
-                    accept_loop(gateway, listener, async move {
+                    let slots = gateway.connection_slots();
+                    accept_loop(gateway, listener, surface, slots, async move {
                         let _ = stop.wait_for(|stopping| *stopping).await;
                     })
                     .await
@@ -227,6 +329,9 @@ async fn serve_workers(
     })
     .await
     .map_err(std::io::Error::other)?;
+    if let Some(admin) = admin {
+        admin.await.map_err(std::io::Error::other)??;
+    }
     // Every call has drained: commit the audit records they left with the writer.
     gateway.audit.flush().await;
     background.into_iter().for_each(|task| task.abort());
@@ -285,6 +390,8 @@ fn refuse_a_served_port(addr: SocketAddr) -> std::io::Result<()> {
 async fn accept_loop(
     gateway: Arc<Gateway>,
     listener: TcpListener,
+    surface: Surface,
+    slots: Arc<tokio::sync::Semaphore>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let server = &gateway.config.server;
@@ -293,7 +400,7 @@ async fn accept_loop(
         header: Duration::from_secs(server.header_timeout_secs),
         idle: Duration::from_secs(server.idle_timeout_secs),
     };
-    let router = router(gateway.clone());
+    let router = router(gateway.clone(), surface);
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let mut accept_errors = AcceptErrors::default();
@@ -301,7 +408,7 @@ async fn accept_loop(
     loop {
         // At most server.max_connections at once: beyond it, connections wait in the backlog.
         let permit = tokio::select! {
-            permit = gateway.connection_slots().acquire_owned() => {
+            permit = slots.clone().acquire_owned() => {
                 permit.expect("the connection semaphore is never closed")
             }
             _ = &mut shutdown => break,
@@ -330,7 +437,13 @@ async fn accept_loop(
                 let request = request.map(axum::body::Body::new);
                 // Boxed: hyper keeps the call's future where it is instead of moving its kilobytes
                 // into the connection's state.
-                let answer = Box::pin(serve_call(gateway.clone(), router.clone(), request, peer));
+                let answer = Box::pin(serve_call(
+                    gateway.clone(),
+                    router.clone(),
+                    surface,
+                    request,
+                    peer,
+                ));
                 async move {
                     let answered = answer.await;
                     drop(call);
@@ -372,6 +485,9 @@ async fn accept_loop(
     }
     Ok(())
 }
+
+/// Connections the admin listener serves at once (probes, scrapes, reviewers).
+const ADMIN_CONNECTIONS: usize = 256;
 
 /// Tasks that live as long as the server: the upstream budget's dispatcher, the metrics upkeep,
 /// the cache invalidation listener (with Redis) and the audit retention pruning (with

@@ -363,6 +363,12 @@ fn check_config(path: Option<PathBuf>) -> Result<(), String> {
     let (config, source) = load_valid(path)?;
     println!("configuration OK ({source})");
     println!("  listen: {}", config.server.listen);
+    if !config.server.admin_listen.is_empty() {
+        println!(
+            "  admin endpoints (/_gateway/*): {}",
+            config.server.admin_listen
+        );
+    }
     println!(
         "  upstream: {} (token: {})",
         config.upstream.api_url, config.upstream.auth_url
@@ -432,9 +438,12 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
             crate::token_endpoint::TOKEN_PATH
         );
     }
+    if let Some(admin) = application.admin_address() {
+        println!("admin endpoints (/_gateway/*) on http://{admin}");
+    }
     // The last line printed: whoever waits for it may close stdout after reading it.
     println!("contabo-gateway listening on http://{addr} (config: {source})");
-    tracing::info!(%addr, config = %source, sandbox = use_sandbox, workers, "gateway started");
+    tracing::info!(%addr, admin = ?application.admin_address(), config = %source, sandbox = use_sandbox, workers, "gateway started");
     #[cfg(unix)]
     let _reloader = crate::reload::on_sighup(gateway, source, sandbox_clients)
         .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;

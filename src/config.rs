@@ -25,21 +25,26 @@ pub struct Config {
     pub audit: AuditConfig,
     pub rate_limit: RateLimitConfig,
     pub auth: AuthConfig,
+    /// A TOML file of further `[[clients]]` blocks (relative to this file's directory), so the
+    /// teams can be kept apart from the settings: a Kubernetes Secret, a file mounted from the
+    /// host. Read again on SIGHUP with the rest.
+    pub clients_file: String,
     pub clients: Vec<ClientConfig>,
     /// Settings an environment variable set: (setting, variable), so a problem names the variable.
     #[serde(skip)]
     pub from_env: Vec<(&'static str, &'static str)>,
 }
 
-/// The socket address of a `host:port` or `ip:port` (a host name's first address).
-fn resolve_listen(listen: &str) -> Result<SocketAddr, String> {
+/// The socket address of a `host:port` or `ip:port` (a host name's first address); `setting`
+/// names it in the problem.
+fn resolve_listen(setting: &str, listen: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     if let Ok(addr) = listen.parse::<SocketAddr>() {
         return Ok(addr);
     }
     let explain = |why: String| {
         format!(
-            "server.listen = {listen:?} is not an address with a port ({why}); write it as \
+            "{setting} = {listen:?} is not an address with a port ({why}); write it as \
              \"127.0.0.1:8080\", \"[::1]:8080\" or \"localhost:8080\""
         )
     };
@@ -48,6 +53,41 @@ fn resolve_listen(listen: &str) -> Result<SocketAddr, String> {
         .map_err(|e| explain(e.to_string()))?
         .next()
         .ok_or_else(|| explain("the host name has no address".into()))
+}
+
+/// Parses a TOML text into `T`. Every key the gateway does not know is reported, each on a line
+/// of its own with where it stands, so one run of `check-config` names all the typos.
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let clean = |e: toml::de::Error| e.to_string().trim_end().to_string();
+    let deserializer = toml::Deserializer::parse(text).map_err(clean)?;
+    let mut unknown = Vec::new();
+    let config: T = serde_ignored::deserialize(deserializer, |path| {
+        unknown.push(path.to_string());
+    })
+    .map_err(clean)?;
+    if unknown.is_empty() {
+        return Ok(config);
+    }
+    let mut problems: Vec<(usize, String)> = unknown
+        .iter()
+        .map(|path| {
+            let key = path.rsplit('.').next().unwrap_or(path);
+            let found = text.lines().position(|l| {
+                let l = l.trim_start();
+                l.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+                    || l.trim_start_matches('[').trim_end_matches(']') == path
+            });
+            let at = found.map_or(String::new(), |n| format!(" (line {})", n + 1));
+            (
+                found.unwrap_or(usize::MAX),
+                format!("unknown key `{path}`{at}: no such setting; see config/default.toml"),
+            )
+        })
+        .collect();
+    problems.sort();
+    let problems: Vec<String> = problems.into_iter().map(|(_, p)| p).collect();
+    Err(problems.join("\n"))
 }
 
 /// The database kind `audit.database_url` names.
@@ -140,6 +180,9 @@ pub struct ServerConfig {
     pub auth_failures_per_minute: u32,
     /// Proxies (CIDRs or addresses) whose `Forwarded` / `X-Forwarded-For` name the caller.
     pub trusted_proxies: Vec<String>,
+    /// Where the gateway's own endpoints (/_gateway/*) are served instead of on `listen`; empty:
+    /// on `listen`, beside the API.
+    pub admin_listen: String,
 }
 
 impl Default for ServerConfig {
@@ -154,6 +197,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             auth_failures_per_minute: 30,
             trusted_proxies: Vec::new(),
+            admin_listen: String::new(),
         }
     }
 }
@@ -432,7 +476,50 @@ impl Config {
             None => (Self::default(), Source::BuiltInDefaults),
         };
         config.apply_env(|name| std::env::var(name).ok());
+        let directory = match &source {
+            Source::File(path) => path.parent().map(Path::to_path_buf),
+            Source::BuiltInDefaults => None,
+        };
+        config.read_clients_file(directory.as_deref())?;
         Ok((config, source))
+    }
+
+    /// Adds the teams of `clients_file` (a path relative to `directory`, the config file's).
+    pub fn read_clients_file(&mut self, directory: Option<&Path>) -> Result<(), String> {
+        #[derive(Deserialize)]
+        struct ClientsFile {
+            #[serde(default)]
+            clients: Vec<ClientConfig>,
+        }
+        if self.clients_file.is_empty() {
+            return Ok(());
+        }
+        let named = Path::new(&self.clients_file);
+        let path = match directory {
+            Some(directory) if named.is_relative() => directory.join(named),
+            _ => named.to_path_buf(),
+        };
+        let setting = self.setting_source("clients_file");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "cannot read the teams file {} ({setting}): {e}",
+                path.display()
+            )
+        })?;
+        let file: ClientsFile = parse_toml(&text).map_err(|e| match e.contains('\n') {
+            true => format!("{}:\n  {}", path.display(), e.replace('\n', "\n  ")),
+            false => format!("{}: {e}", path.display()),
+        })?;
+        self.clients.extend(file.clients);
+        Ok(())
+    }
+
+    /// How a setting is named in a message: with the environment variable that set it, if one did.
+    fn setting_source(&self, setting: &str) -> String {
+        match self.from_env.iter().find(|(s, _)| *s == setting) {
+            Some((_, variable)) => format!("{setting}, from env {variable}"),
+            None => setting.to_string(),
+        }
     }
 
     pub fn from_file(path: &Path) -> Result<Self, String> {
@@ -444,39 +531,9 @@ impl Config {
         })
     }
 
-    /// Parses a config file's text. Every key the gateway does not know is reported, each on a line
-    /// of its own with where it stands, so one run of `check-config` names all the typos.
+    /// Parses a config file's text (see [`parse_toml`]).
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        let clean = |e: toml::de::Error| e.to_string().trim_end().to_string();
-        let deserializer = toml::Deserializer::parse(text).map_err(clean)?;
-        let mut unknown = Vec::new();
-        let config: Config = serde_ignored::deserialize(deserializer, |path| {
-            unknown.push(path.to_string());
-        })
-        .map_err(clean)?;
-        if unknown.is_empty() {
-            return Ok(config);
-        }
-        let mut problems: Vec<(usize, String)> = unknown
-            .iter()
-            .map(|path| {
-                let key = path.rsplit('.').next().unwrap_or(path);
-                let found = text.lines().position(|l| {
-                    let l = l.trim_start();
-                    l.strip_prefix(key)
-                        .is_some_and(|rest| rest.trim_start().starts_with('='))
-                        || l.trim_start_matches('[').trim_end_matches(']') == path
-                });
-                let at = found.map_or(String::new(), |n| format!(" (line {})", n + 1));
-                (
-                    found.unwrap_or(usize::MAX),
-                    format!("unknown key `{path}`{at}: no such setting; see config/default.toml"),
-                )
-            })
-            .collect();
-        problems.sort();
-        let problems: Vec<String> = problems.into_iter().map(|(_, p)| p).collect();
-        Err(problems.join("\n"))
+        parse_toml(text)
     }
 
     /// Environment variables win over the file. `lookup` is injectable for tests.
@@ -489,6 +546,16 @@ impl Config {
             }
         };
         set("GATEWAY_LISTEN", "server.listen", &mut self.server.listen);
+        set(
+            "GATEWAY_CLIENTS_FILE",
+            "clients_file",
+            &mut self.clients_file,
+        );
+        set(
+            "GATEWAY_ADMIN_LISTEN",
+            "server.admin_listen",
+            &mut self.server.admin_listen,
+        );
         set(
             "CONTABO_API_URL",
             "upstream.api_url",
@@ -541,8 +608,21 @@ impl Config {
 
     fn problems_of_values(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Err(problem) = resolve_listen(&self.server.listen) {
-            problems.push(problem);
+        let listen = resolve_listen("server.listen", &self.server.listen);
+        if let Err(problem) = &listen {
+            problems.push(problem.clone());
+        }
+        if !self.server.admin_listen.is_empty() {
+            match resolve_listen("server.admin_listen", &self.server.admin_listen) {
+                Err(problem) => problems.push(problem),
+                Ok(admin) if listen.as_ref().is_ok_and(|api| api.port() == admin.port() && admin.port() != 0) => {
+                    problems.push(format!(
+                        "server.admin_listen = {:?} uses the port of server.listen; give the admin endpoints a port of their own",
+                        self.server.admin_listen
+                    ))
+                }
+                Ok(_) => {}
+            }
         }
         if self.server.workers > 1024 {
             problems.push(format!(
@@ -789,7 +869,15 @@ impl Config {
 
     /// The address `server.listen` names (a host name is resolved: `localhost:8080`).
     pub fn listen_addr(&self) -> SocketAddr {
-        resolve_listen(&self.server.listen).expect("validated by Config::problems")
+        resolve_listen("server.listen", &self.server.listen).expect("validated by Config::problems")
+    }
+
+    /// The address `server.admin_listen` names, when it is set.
+    pub fn admin_listen_addr(&self) -> Option<SocketAddr> {
+        (!self.server.admin_listen.is_empty()).then(|| {
+            resolve_listen("server.admin_listen", &self.server.admin_listen)
+                .expect("validated by Config::problems")
+        })
     }
 }
 

@@ -1,4 +1,5 @@
-//! Configuration reload on SIGHUP: the teams (`[[clients]]`: keys, roles, limits) are read again
+//! Configuration reload on SIGHUP: the teams (`[[clients]]`: keys, roles, limits, in the config
+//! file and its `clients_file`) are read again
 //! and swapped in without dropping a connection. Calls in flight keep the team they started with;
 //! a team whose limits did not change keeps its bucket. A new configuration with any problem is
 //! refused with a log line and the running one stays. Other sections need a restart.
@@ -22,6 +23,7 @@ pub fn reload(
     };
     let mut config = Config::from_file(path)?;
     config.apply_env(|name| std::env::var(name).ok());
+    config.read_clients_file(path.parent())?;
     config.clients.extend(extra.iter().cloned());
     let problems = config.problems();
     if !problems.is_empty() {

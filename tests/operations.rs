@@ -137,3 +137,73 @@ async fn json_log_lines_carry_the_call_fields() {
     assert_eq!(span["route"], "retrieveInstancesList");
     assert!(!log.contains(&key), "the team key is never logged");
 }
+
+#[tokio::test]
+async fn teams_in_a_clients_file_are_read_at_start_and_again_on_sighup() {
+    let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (first_key, first_block) = admin_client_block("first-team");
+    // Relative to the config file's directory.
+    std::fs::write(dir.path().join("teams.toml"), &first_block).unwrap();
+    let mut process = spawn_gateway_process(
+        &sandbox,
+        "clients_file = \"teams.toml\"\n",
+        dir.path(),
+        None,
+    );
+    assert_eq!(status_at(&process.url, &first_key).await, 200);
+
+    let (second_key, second_block) = admin_client_block("second-team");
+    std::fs::write(
+        dir.path().join("teams.toml"),
+        format!("{first_block}\n{second_block}"),
+    )
+    .unwrap();
+    hangup(&process);
+    wait_for_log(&process, "[[clients]] reloaded", 1).await;
+    assert_eq!(status_at(&process.url, &second_key).await, 200);
+
+    // A typo in the teams file is refused with its line; the running teams stay.
+    std::fs::write(
+        dir.path().join("teams.toml"),
+        format!("{first_block}\nrol = \"admin\"\n"),
+    )
+    .unwrap();
+    hangup(&process);
+    wait_for_log(&process, "the new configuration is refused", 1).await;
+    assert!(
+        process.log().contains("teams.toml") && process.log().contains("rol"),
+        "{}",
+        process.log()
+    );
+    assert_eq!(status_at(&process.url, &second_key).await, 200);
+    assert!(process.signal_and_wait("-TERM").success());
+}
+
+#[test]
+fn a_missing_clients_file_stops_the_start_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, "clients_file = \"absent.toml\"\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_contabo-gateway"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .env_remove("GATEWAY_CLIENTS_FILE")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("absent.toml") && stderr.contains("clients_file"),
+        "{stderr}"
+    );
+    // Set by the environment, the message says so.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_contabo-gateway"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .env("GATEWAY_CLIENTS_FILE", "/nonexistent/teams.toml")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("GATEWAY_CLIENTS_FILE"), "{stderr}");
+}

@@ -21,6 +21,8 @@ pub struct Keys {
 
 pub struct TestGateway {
     pub url: String,
+    /// Where /_gateway/* is served: `server.admin_listen` when a test set it, else `url`.
+    pub admin_url: String,
     pub sandbox: Sandbox,
     pub gateway: Arc<Gateway>,
     pub keys: Keys,
@@ -150,6 +152,9 @@ pub async fn start_gateway(
     assert!(config.problems().is_empty(), "{:?}", config.problems());
     let application = Application::build(config, credentials).await.unwrap();
     let url = format!("http://{}", application.address());
+    let admin_url = application
+        .admin_address()
+        .map_or_else(|| url.clone(), |admin| format!("http://{admin}"));
     let gateway = application.gateway().clone();
     // The audit store opens in the background; give it a moment so tests start from a ready
     // gateway (tests of a broken store go on after the wait and see it broken).
@@ -165,6 +170,7 @@ pub async fn start_gateway(
     }));
     TestGateway {
         url,
+        admin_url,
         sandbox,
         gateway,
         keys: Keys {
