@@ -33,6 +33,8 @@ fn known_env_names() -> Vec<&'static str> {
     let names = vec![
         "GATEWAY_CONFIG",
         "GATEWAY_LISTEN",
+        "GATEWAY_ADMIN_LISTEN",
+        "GATEWAY_CLIENTS_FILE",
         "GATEWAY_REDIS_URL",
         "GATEWAY_DATABASE_URL",
         "CONTABO_API_URL",
@@ -51,6 +53,13 @@ fn known_env_names() -> Vec<&'static str> {
 
 fn listen_port(config: &Config) -> u16 {
     config.listen_addr().port()
+}
+
+fn admin_port(config: &Config) -> u16 {
+    config
+        .admin_listen_addr()
+        .expect("the deploy config has an admin port")
+        .port()
 }
 
 #[test]
@@ -106,9 +115,14 @@ fn the_dockerfile_is_multi_stage_non_root_with_a_health_check() {
         healthcheck.contains("\"health\"")
             && healthcheck.contains(&format!(
                 "http://127.0.0.1:{}/_gateway/health",
-                listen_port(&deploy_config())
+                admin_port(&deploy_config())
             )),
         "{healthcheck}"
+    );
+    let config = deploy_config();
+    assert_eq!(
+        of("EXPOSE"),
+        [format!("{} {}", listen_port(&config), admin_port(&config)).as_str()]
     );
     // Every source the image copies from the build context exists.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -212,6 +226,11 @@ fn compose_gateways(compose: &Value) -> Vec<(String, Value)> {
 fn the_compose_file_runs_replicas_on_postgres_and_redis() {
     let compose = compose();
     let config = deploy_config();
+    let header = read("docker-compose.yml");
+    assert!(
+        header.contains("kill -s HUP gateway-1 gateway-2"),
+        "the reload is documented"
+    );
     let gateways = compose_gateways(&compose);
     assert_eq!(
         gateways.len() as u32,
@@ -250,10 +269,36 @@ fn the_compose_file_runs_replicas_on_postgres_and_redis() {
             deploy("config/gateway.toml")
         );
         assert_eq!(env["GATEWAY_CONFIG"], target);
-        let port = service["ports"][0].as_str().unwrap();
+        // The teams file comes from the host, and the start fails while it is missing.
+        let teams = &service["volumes"][1];
+        assert_eq!(teams["type"], "bind");
+        assert_eq!(teams["bind"]["create_host_path"], false);
+        assert_eq!(teams["read_only"], true);
+        assert_eq!(
+            teams["target"].as_str().unwrap(),
+            env["GATEWAY_CLIENTS_FILE"]
+        );
+        let example = deploy("config/clients.example.toml");
+        assert_eq!(
+            deploy(teams["source"].as_str().unwrap().trim_start_matches("./")),
+            example.with_file_name("clients.toml"),
+        );
+        assert!(example.exists(), "the example the compose header names");
+        let ignored =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(".gitignore"))
+                .unwrap();
+        assert!(ignored.lines().any(|l| l == "/deploy/config/clients.toml"));
+        // Only the API port is published; the admin port stays on the compose network.
+        let ports = service["ports"].as_sequence().unwrap();
+        assert_eq!(ports.len(), 1, "{name}: {ports:?}");
+        let port = ports[0].as_str().unwrap();
         assert!(
             port.ends_with(&format!(":{}", listen_port(&config))),
             "{port}"
+        );
+        assert_eq!(
+            service["expose"][0].as_str().unwrap(),
+            admin_port(&config).to_string()
         );
         let depends = service["depends_on"].as_mapping().unwrap();
         assert!(depends.contains_key("postgres") && depends.contains_key("redis"));
@@ -304,17 +349,33 @@ async fn the_kubernetes_manifests_match_the_code() {
     );
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(container["imagePullPolicy"], "IfNotPresent");
+    let pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .expect("a preStop sleep");
+    assert!(pause >= 3, "endpoints need a few seconds to drop the pod");
     assert!(
         pod["terminationGracePeriodSeconds"].as_u64().unwrap()
-            > config.server.shutdown_timeout_secs,
-        "Kubernetes waits longer than the gateway drains"
+            > pause + config.server.shutdown_timeout_secs,
+        "Kubernetes waits longer than the pause and the drain"
     );
-    let container = &pod["containers"][0];
     let port = &container["ports"][0];
     assert_eq!(
         port["containerPort"].as_u64().unwrap(),
         u64::from(listen_port(&config))
     );
+    let admin = &container["ports"][1];
+    assert_eq!(
+        admin["containerPort"].as_u64().unwrap(),
+        u64::from(admin_port(&config))
+    );
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(
+        annotations["prometheus.io/port"].as_str().unwrap(),
+        admin_port(&config).to_string()
+    );
+    assert_eq!(annotations["prometheus.io/path"], "/_gateway/metrics");
     let known = known_env_names();
     let env = yaml_env(&container["env"]);
     for var in env.keys().chain(
@@ -345,11 +406,54 @@ async fn the_kubernetes_manifests_match_the_code() {
         format!("{}/config.toml", mount["mountPath"].as_str().unwrap()),
         env["GATEWAY_CONFIG"]
     );
+    // The teams: a Secret's clients.toml, named by GATEWAY_CLIENTS_FILE.
+    let teams_mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "teams")
+        .expect("the teams Secret is mounted");
+    assert_eq!(
+        format!(
+            "{}/clients.toml",
+            teams_mount["mountPath"].as_str().unwrap()
+        ),
+        env["GATEWAY_CLIENTS_FILE"]
+    );
+    let teams_volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "teams")
+        .unwrap();
+    let teams_secret = k8s_documents()
+        .into_iter()
+        .find(|d| {
+            d["kind"] == "Secret" && d["metadata"]["name"] == teams_volume["secret"]["secretName"]
+        })
+        .expect("the teams Secret is defined");
+    let teams_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        teams_dir.path().join("clients.toml"),
+        teams_secret["stringData"]["clients.toml"].as_str().unwrap(),
+    )
+    .unwrap();
+    let mut with_teams = Config {
+        clients_file: "clients.toml".into(),
+        ..Config::default()
+    };
+    with_teams
+        .read_clients_file(Some(teams_dir.path()))
+        .expect("the teams Secret's template is a valid teams file");
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     let liveness = &container["livenessProbe"]["httpGet"];
     let readiness = &container["readinessProbe"]["httpGet"];
-    assert_eq!(liveness["port"], port["name"]);
-    assert_eq!(readiness["port"], port["name"]);
+    assert_eq!(liveness["port"], admin["name"]);
+    assert_eq!(readiness["port"], admin["name"]);
+    let service = k8s("Service");
+    let service_ports = service["spec"]["ports"].as_sequence().unwrap();
+    assert_eq!(service_ports.len(), 1, "the Service exposes the API only");
+    assert_eq!(service_ports[0]["targetPort"], port["name"]);
     let labels = &deployment["spec"]["template"]["metadata"]["labels"];
     assert_eq!(&deployment["spec"]["selector"]["matchLabels"], labels);
     assert_eq!(&k8s("Service")["spec"]["selector"], labels);
@@ -357,12 +461,15 @@ async fn the_kubernetes_manifests_match_the_code() {
     assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
     assert_eq!(pdb["spec"]["minAvailable"].as_u64(), Some(1));
 
-    // The probe paths answer 200 on a running gateway.
-    let gw = common::start().await;
+    // The probe paths answer 200 on a running gateway's admin port.
+    let gw = common::start_with(SandboxOptions::default(), |c| {
+        c.server.admin_listen = "127.0.0.1:0".into();
+    })
+    .await;
     for probe in [liveness, readiness] {
         let path = probe["path"].as_str().unwrap();
         let response = http()
-            .get(format!("{}{path}", gw.url))
+            .get(format!("{}{path}", gw.admin_url))
             .send()
             .await
             .unwrap();
@@ -468,27 +575,46 @@ async fn the_binary_starts_with_the_compose_configuration_on_postgres_and_redis(
     let compose = compose();
     let (_, service) = compose_gateways(&compose).remove(0);
     let compose_env = yaml_env(&service["environment"]);
+    let dir = tempfile::tempdir().unwrap();
+    // The teams file the compose file mounts from the host, made from the example.
+    let (key, team) = common::admin_client_block("deploy-check");
+    let teams = dir.path().join("clients.toml");
+    std::fs::write(
+        &teams,
+        format!("{}\n{team}", read("config/clients.example.toml")),
+    )
+    .unwrap();
+    let teams = teams.to_str().unwrap().to_string();
     // The compose file's environment, with its service hosts replaced by this machine's services.
-    let env: Vec<(&str, &str)> = compose_env
+    let mut env: Vec<(&str, &str)> = compose_env
         .iter()
         .filter(|(k, _)| !CREDENTIAL_VARS.contains(&k.as_str()) && k.as_str() != "GATEWAY_CONFIG")
         .map(|(k, _)| match k.as_str() {
             "GATEWAY_REDIS_URL" => ("GATEWAY_REDIS_URL", redis_url.as_str()),
             "GATEWAY_DATABASE_URL" => ("GATEWAY_DATABASE_URL", database_url.as_str()),
+            "GATEWAY_CLIENTS_FILE" => ("GATEWAY_CLIENTS_FILE", teams.as_str()),
             other => panic!("a compose variable this test does not map: {other}"),
         })
         .collect();
+    // The admin port of the config, on a free loopback port here.
+    env.push(("GATEWAY_ADMIN_LISTEN", "127.0.0.1:0"));
     let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (key, team) = common::admin_client_block("deploy-check");
-    let config = format!("{}\n{team}", read("config/gateway.toml"));
-    let process =
-        spawn_gateway_process_with_env(&sandbox, &config, dir.path(), Some(&database_url), &env);
+    let process = spawn_gateway_process_with_env(
+        &sandbox,
+        &read("config/gateway.toml"),
+        dir.path(),
+        Some(&database_url),
+        &env,
+    );
+    let admin_url = process
+        .admin_url
+        .clone()
+        .expect("the deploy config serves an admin port");
 
     let mut ready = serde_json::Value::Null;
     for _ in 0..100 {
         let response = http()
-            .get(format!("{}/_gateway/ready", process.url))
+            .get(format!("{admin_url}/_gateway/ready"))
             .send()
             .await
             .unwrap();
@@ -512,10 +638,7 @@ async fn the_binary_starts_with_the_compose_configuration_on_postgres_and_redis(
         .unwrap();
     assert_eq!(created.status(), 201);
     let records = http()
-        .get(format!(
-            "{}/_gateway/audit?client=deploy-check",
-            process.url
-        ))
+        .get(format!("{admin_url}/_gateway/audit?client=deploy-check"))
         .bearer_auth(&key)
         .send()
         .await
@@ -527,4 +650,167 @@ async fn the_binary_starts_with_the_compose_configuration_on_postgres_and_redis(
         log.lines().any(|l| l.starts_with('{')),
         "the deploy config logs JSON:\n{log}"
     );
+    // The published port serves no metrics.
+    let metrics = http()
+        .get(format!("{}/_gateway/metrics", process.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 404);
+}
+
+#[test]
+fn the_ingress_example_routes_the_api_to_the_service_and_its_proxies_are_trusted() {
+    let ingress: Value = serde_yaml::from_str(&read("k8s/ingress.yaml")).unwrap();
+    assert_eq!(ingress["kind"], "Ingress");
+    let service = k8s("Service");
+    let paths = ingress["spec"]["rules"][0]["http"]["paths"]
+        .as_sequence()
+        .unwrap();
+    let routed: Vec<&str> = paths.iter().map(|p| p["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        routed,
+        ["/v1", contabo_gateway::token_endpoint::TOKEN_PATH],
+        "the API and the token endpoint, nothing of /_gateway"
+    );
+    for path in paths {
+        let backend = &path["backend"]["service"];
+        assert_eq!(backend["name"], service["metadata"]["name"]);
+        assert_eq!(backend["port"]["name"], service["spec"]["ports"][0]["name"]);
+    }
+    // The config the ingress's pods run with trusts the controller's network, not everyone.
+    let config = deploy_config();
+    assert!(!config.server.trusted_proxies.is_empty());
+    for proxy in &config.server.trusted_proxies {
+        assert!(!proxy.ends_with("/0"), "{proxy} trusts every peer");
+    }
+}
+
+#[test]
+fn the_systemd_config_is_a_single_local_instance() {
+    let config = Config::from_file(&deploy("systemd/gateway.toml")).unwrap();
+    assert!(config.problems().is_empty(), "{:?}", config.problems());
+    assert!(config.listen_addr().ip().is_loopback());
+    assert!(config.admin_listen_addr().unwrap().ip().is_loopback());
+    assert_eq!(config.rate_limit.replicas, 1);
+    assert!(config.rate_limit.redis_url.is_empty() && config.cache.redis_url.is_empty());
+    assert!(
+        config
+            .audit
+            .database_url
+            .starts_with("sqlite:///var/lib/contabo-gateway/"),
+        "in the unit's StateDirectory"
+    );
+    let unit = read("systemd/contabo-gateway.service");
+    assert!(unit.contains("deploy/systemd/gateway.toml /etc/contabo-gateway/config.toml"));
+    assert!(!unit.contains("deploy/config/gateway.toml"));
+}
+
+/// Metric names the gateway exports, as src/metrics.rs spells them.
+fn exported_metrics() -> Vec<String> {
+    let source =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/metrics.rs"))
+            .unwrap();
+    source
+        .split('"')
+        .filter(|s| {
+            s.starts_with("gateway_") && s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every metric name a PromQL expression uses is one the gateway exports (or Prometheus' `up`).
+fn assert_known_metrics(expr: &str, exported: &[String]) {
+    let mut found = 0;
+    for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if !word.starts_with("gateway_") {
+            continue;
+        }
+        found += 1;
+        let base = word.trim_end_matches("_bucket");
+        assert!(
+            exported.iter().any(|m| m == base),
+            "{word} (in {expr}) is not a metric the gateway exports"
+        );
+        if word.ends_with("_bucket") {
+            assert!(
+                base.ends_with("_seconds"),
+                "{word}: only *_seconds have buckets"
+            );
+        }
+    }
+    assert!(
+        found > 0 || expr.contains("up{"),
+        "{expr} uses no gateway metric"
+    );
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_use_exported_metrics() {
+    let rules: Value = serde_yaml::from_str(&read("prometheus/alerts.yml")).unwrap();
+    let exported = exported_metrics();
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            assert_known_metrics(rule["expr"].as_str().unwrap(), &exported);
+            assert!(rule["annotations"]["summary"].is_string());
+            alerts += 1;
+        }
+    }
+    assert!(alerts >= 5);
+    let checked = match std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(deploy("prometheus/alerts.yml"))
+        .output()
+    {
+        Ok(output) => output,
+        Err(why) => {
+            announce_skip("promtool check rules", &format!("promtool: {why}"));
+            return;
+        }
+    };
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+#[test]
+fn the_grafana_dashboard_charts_exported_metrics() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("grafana/contabo-gateway.json")).unwrap();
+    assert_eq!(dashboard["uid"], "contabo-gateway");
+    let exported = exported_metrics();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    let mut charted = std::collections::BTreeSet::new();
+    for panel in panels {
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}",
+            panel["title"]
+        );
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            assert_known_metrics(expr, &exported);
+            charted.extend(
+                exported
+                    .iter()
+                    .filter(|m| expr.contains(m.as_str()))
+                    .cloned(),
+            );
+        }
+    }
+    for needed in [
+        "gateway_calls_total",
+        "gateway_rate_limited_total",
+        "gateway_audit_store_up",
+        "gateway_token_remaining_seconds",
+        "gateway_upstream_queue_depth",
+    ] {
+        assert!(charted.contains(needed), "{needed} is not charted");
+    }
 }

@@ -233,6 +233,8 @@ pub const VALID_REQUEST_ID: &str = "04e0f898-37b4-48bc-a794-1a57abe6aa31";
 /// A gateway binary running as its own process (killed on drop).
 pub struct GatewayProcess {
     pub url: String,
+    /// Where /_gateway/* is served when its config sets `server.admin_listen`.
+    pub admin_url: Option<String>,
     pub child: std::process::Child,
     /// The config file it was started with (rewrite it and send SIGHUP to reload).
     pub config_path: std::path::PathBuf,
@@ -310,12 +312,17 @@ pub fn spawn_gateway_process_with_env(
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    let mut admin_url = None;
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("admin endpoints (/_gateway/*) on ") {
+            admin_url = Some(rest.trim().to_string());
+        }
         if let Some(rest) = line.strip_prefix("contabo-gateway listening on ") {
             let url = rest.split_whitespace().next().unwrap().to_string();
             return GatewayProcess {
                 url,
+                admin_url,
                 child,
                 config_path: path,
                 log_path,
