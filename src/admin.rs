@@ -134,7 +134,8 @@ fn permit(parts: &Parts, gw: &Gateway, roles: &[Role]) -> Result<RequestId, Refu
         .extensions
         .get::<crate::gateway::ClientAddr>()
         .map(|a| a.0.ip());
-    let error = match identify(gw, &parts.headers, address) {
+    let certificate = parts.extensions.get::<crate::gateway::ClientCertificate>();
+    let error = match identify(gw, &parts.headers, address, certificate) {
         Ok(client) if roles.contains(&client.role) => return Ok(request_id),
         Ok(client) => GatewayError::Forbidden {
             role: client.role.as_str(),

@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::config::{Config, Credentials};
 use crate::connection::{AcceptErrors, Activity, Limits, Watched};
 use crate::error::GatewayError;
-use crate::gateway::{ClientAddr, Gateway};
+use crate::gateway::{ClientAddr, ClientCertificate, Gateway};
 use crate::request_id::{Origin, RequestId};
 use crate::{admin, pipeline, token_endpoint};
 
@@ -108,7 +108,11 @@ async fn serve_call(
     surface: Surface,
     mut request: axum::extract::Request,
     peer: SocketAddr,
+    certificate: Option<ClientCertificate>,
 ) -> Result<axum::response::Response, std::convert::Infallible> {
+    if let Some(certificate) = certificate {
+        request.extensions_mut().insert(certificate);
+    }
     let (request_id, origin) = RequestId::from_headers(request.headers());
     // The caller's address: the peer, or behind a trusted proxy the address it forwarded.
     let peer = gateway.trusted_proxies.client(peer, request.headers());
@@ -428,50 +432,93 @@ async fn accept_loop(
         // Answers are written in pieces (head, body chunks): do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
-        let router = router.clone();
-        let gateway = gateway.clone();
-        let calls = activity.clone();
-        let service =
-            hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                let call = calls.call();
-                let request = request.map(axum::body::Body::new);
-                // Boxed: hyper keeps the call's future where it is instead of moving its kilobytes
-                // into the connection's state.
-                let answer = Box::pin(serve_call(
-                    gateway.clone(),
-                    router.clone(),
-                    surface,
-                    request,
-                    peer,
-                ));
-                async move {
-                    let answered = answer.await;
-                    drop(call);
-                    answered
-                }
-            });
-        let io = TokioIo::new(Watched::new(stream, activity.clone()));
-        let connection = builder
-            .serve_connection_with_upgrades(io, service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        // The service of one connection's calls; a TLS connection's knows its client certificate.
+        let make_service = {
+            let (router, gateway, calls) = (router.clone(), gateway.clone(), activity.clone());
+            move |certificate: Option<ClientCertificate>| {
+                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let call = calls.call();
+                    let request = request.map(axum::body::Body::new);
+                    // Boxed: hyper keeps the call's future where it is instead of moving its
+                    // kilobytes into the connection's state.
+                    let answer = Box::pin(serve_call(
+                        gateway.clone(),
+                        router.clone(),
+                        surface,
+                        request,
+                        peer,
+                        certificate.clone(),
+                    ));
+                    async move {
+                        let answered = answer.await;
+                        drop(call);
+                        answered
+                    }
+                })
+            }
+        };
+        let io = Watched::new(stream, activity.clone());
         // The watchdog sleeps in a task of its own, so the connection's many wake-ups do not poll
-        // its timer; it says when to cut the connection.
+        // its timer; it says when to cut the connection (a TLS handshake counts as the head).
         let (cut, cut_off) = tokio::sync::oneshot::channel::<()>();
         let watchdog = tokio::spawn(async move {
             activity.overstayed(limits).await;
             let _ = cut.send(());
         });
-        tokio::spawn(async move {
-            tokio::select! {
-                biased;
-                _ = connection => {}
-                // A slow or silent client: dropping the connection closes it.
-                _ = cut_off => {}
+        let tls = match surface {
+            Surface::Admin => None,
+            _ => gateway.tls.as_ref().map(|tls| tls.acceptor()),
+        };
+        match tls {
+            None => {
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), make_service(None))
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        biased;
+                        _ = connection => {}
+                        // A slow or silent client: dropping the connection closes it.
+                        _ = cut_off => {}
+                    }
+                    watchdog.abort();
+                    drop(permit);
+                });
             }
-            watchdog.abort();
-            drop(permit);
-        });
+            Some(acceptor) => {
+                // Shutdown waits for this watcher too: a handshake in progress is a connection.
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                tokio::spawn(async move {
+                    let served = async move {
+                        let stream = match acceptor.accept(io).await {
+                            Ok(stream) => stream,
+                            Err(error) => {
+                                tracing::debug!(%error, %peer, "TLS handshake failed");
+                                return;
+                            }
+                        };
+                        let certificate =
+                            crate::tls::client_subject(stream.get_ref().1).map(ClientCertificate);
+                        let connection = builder
+                            .serve_connection_with_upgrades(
+                                TokioIo::new(stream),
+                                make_service(certificate),
+                            )
+                            .into_owned();
+                        let _ = watcher.watch(connection).await;
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = served => {}
+                        _ = cut_off => {}
+                    }
+                    watchdog.abort();
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(drain_timeout, graceful.shutdown())
@@ -490,8 +537,8 @@ async fn accept_loop(
 const ADMIN_CONNECTIONS: usize = 256;
 
 /// Tasks that live as long as the server: the upstream budget's dispatcher, the metrics upkeep,
-/// the cache invalidation listener (with Redis) and the audit retention pruning (with
-/// `audit.retention_days`).
+/// the cache invalidation listener (with Redis), the TLS files' watch (with TLS) and the audit
+/// retention pruning (with `audit.retention_days`).
 fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle<()>> {
     let upkept = gateway.clone();
     let mut tasks = vec![
@@ -507,6 +554,9 @@ fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle
     ];
     if let Some(bus) = gateway.cache.bus() {
         tasks.push(bus.spawn_listener(Arc::downgrade(&gateway.cache)));
+    }
+    if let Some(tls) = &gateway.tls {
+        tasks.push(tokio::spawn(tls.clone().watch()));
     }
     let retention_days = gateway.config.audit.retention_days;
     if gateway.audit.enabled() && retention_days > 0 {

@@ -369,6 +369,21 @@ fn check_config(path: Option<PathBuf>) -> Result<(), String> {
             config.server.admin_listen
         );
     }
+    // The certificate files are read here too, so a broken pair shows before a start.
+    if crate::tls::Tls::from_settings(&config.server)?.is_some() {
+        println!(
+            "  TLS: on ({}){}",
+            config.server.tls_cert_file,
+            if config.server.tls_client_ca_file.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", client certificates verified against {}",
+                    config.server.tls_client_ca_file
+                )
+            }
+        );
+    }
     println!(
         "  upstream: {} (token: {})",
         config.upstream.api_url, config.upstream.auth_url
@@ -432,9 +447,14 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
     let application = Application::build(config, credentials).await?;
     let addr = application.address();
     let gateway = application.gateway().clone();
+    let scheme = if gateway.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     if gateway.team_tokens.is_some() {
         println!(
-            "token endpoint: http://{addr}{}",
+            "token endpoint: {scheme}://{addr}{}",
             crate::token_endpoint::TOKEN_PATH
         );
     }
@@ -442,7 +462,7 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
         println!("admin endpoints (/_gateway/*) on http://{admin}");
     }
     // The last line printed: whoever waits for it may close stdout after reading it.
-    println!("contabo-gateway listening on http://{addr} (config: {source})");
+    println!("contabo-gateway listening on {scheme}://{addr} (config: {source})");
     tracing::info!(%addr, admin = ?application.admin_address(), config = %source, sandbox = use_sandbox, workers, "gateway started");
     #[cfg(unix)]
     let _reloader = crate::reload::on_sighup(gateway, source, sandbox_clients)
@@ -465,6 +485,7 @@ fn sandbox_admin_client() -> (String, ClientConfig) {
         per_second: 1000.0,
         burst: 1000,
         reveal: vec![],
+        cert_subject: None,
     };
     (key, client)
 }

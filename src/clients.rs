@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 
 pub use crate::role::{Role, touches_identity};
 
-use crate::config::{ClientConfig, RateLimitConfig};
+use crate::config::{ClientConfig, RateLimitConfig, subject_key};
 use crate::ratelimit::{Policy, TeamLimit};
 
 /// An identified caller. Cheap to clone: shared by every call of that team.
@@ -25,7 +25,10 @@ pub struct Client {
     pub limit: Arc<TeamLimit>,
     /// Secret fields this team sees in the clear although it is not admin (`reveal`).
     pub reveal: Vec<String>,
-    key_digest: [u8; 32],
+    /// None for a team identified by its client certificate alone.
+    key_digest: Option<[u8; 32]>,
+    /// The subject of its client certificate (see [`crate::config::subject_key`]).
+    cert_subject: Option<Vec<(String, String)>>,
 }
 
 impl Client {
@@ -47,7 +50,7 @@ impl Client {
     /// token tells nothing about the key.
     pub fn key_fingerprint(&self) -> String {
         let mut input = b"contabo-gateway team token\0".to_vec();
-        input.extend_from_slice(&self.key_digest);
+        input.extend_from_slice(self.key_digest.as_ref().map_or(&[][..], |d| &d[..]));
         hex::encode(&sha256(&input)[..12])
     }
 }
@@ -69,8 +72,12 @@ impl ClientRegistry {
         let clients = clients
             .iter()
             .filter_map(|c| {
-                let bytes = hex::decode(&c.key_sha256).ok()?;
-                let key_digest: [u8; 32] = bytes.try_into().ok()?;
+                let key_digest: Option<[u8; 32]> = hex::decode(&c.key_sha256)
+                    .ok()
+                    .and_then(|bytes| bytes.try_into().ok());
+                if key_digest.is_none() && c.cert_subject.is_none() {
+                    return None;
+                }
                 let policy = Policy {
                     per_second: c.per_second,
                     burst: c.burst,
@@ -87,6 +94,7 @@ impl ClientRegistry {
                     limit,
                     reveal: c.reveal.clone(),
                     key_digest,
+                    cert_subject: c.cert_subject.as_deref().map(subject_key),
                 }))
             })
             .collect();
@@ -117,11 +125,22 @@ impl ClientRegistry {
         let presented = sha256(key.as_bytes());
         let mut found = None;
         for client in &self.clients {
-            if bool::from(client.key_digest.ct_eq(&presented)) {
+            if let Some(digest) = &client.key_digest
+                && bool::from(digest.ct_eq(&presented))
+            {
                 found = Some(client.clone());
             }
         }
         found
+    }
+
+    /// The team whose `cert_subject` is the subject of a verified client certificate.
+    pub fn identify_by_certificate(&self, subject: &str) -> Option<Arc<Client>> {
+        let presented = subject_key(subject);
+        self.clients
+            .iter()
+            .find(|c| c.cert_subject.as_ref() == Some(&presented))
+            .cloned()
     }
 }
 
@@ -194,6 +213,7 @@ mod tests {
             per_second: 1.0,
             burst: 1,
             reveal: vec![],
+            cert_subject: None,
         };
         ClientRegistry::from_config(
             &[

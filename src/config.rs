@@ -90,6 +90,18 @@ fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     Err(problems.join("\n"))
 }
 
+/// A certificate subject's attributes as `(TYPE, value)` pairs in a fixed order, so
+/// `CN=a,O=b` and `O=b, CN=a` name the same subject.
+pub fn subject_key(subject: &str) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = subject
+        .split(',')
+        .filter_map(|part| part.split_once('='))
+        .map(|(kind, value)| (kind.trim().to_ascii_uppercase(), value.trim().to_string()))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
 /// The database kind `audit.database_url` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatabaseBackend {
@@ -183,6 +195,12 @@ pub struct ServerConfig {
     /// Where the gateway's own endpoints (/_gateway/*) are served instead of on `listen`; empty:
     /// on `listen`, beside the API.
     pub admin_listen: String,
+    /// PEM certificate chain and key that turn TLS on for `listen` (both, or neither).
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    /// PEM CA certificates whose client certificates are verified; a team may then be identified
+    /// by its certificate's subject (`[[clients]] cert_subject`).
+    pub tls_client_ca_file: String,
 }
 
 impl Default for ServerConfig {
@@ -198,6 +216,9 @@ impl Default for ServerConfig {
             auth_failures_per_minute: 30,
             trusted_proxies: Vec::new(),
             admin_listen: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_client_ca_file: String::new(),
         }
     }
 }
@@ -368,6 +389,8 @@ impl Default for RateLimitConfig {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClientConfig {
     pub name: String,
+    /// Empty for a team identified by its client certificate alone.
+    #[serde(default)]
     pub key_sha256: String,
     pub role: Role,
     #[serde(default = "default_per_second")]
@@ -378,6 +401,10 @@ pub struct ClientConfig {
     /// admin; the audit log still redacts them.
     #[serde(default)]
     pub reveal: Vec<String>,
+    /// The subject of the team's client certificate (`CN=team-a, O=Example`), verified against
+    /// `server.tls_client_ca_file`: a call over such a connection without a key is this team's.
+    #[serde(default)]
+    pub cert_subject: Option<String>,
 }
 
 fn default_per_second() -> f64 {
@@ -624,6 +651,21 @@ impl Config {
                 Ok(_) => {}
             }
         }
+        let tls = &self.server;
+        if tls.tls_cert_file.is_empty() != tls.tls_key_file.is_empty() {
+            problems.push(
+                "server.tls_cert_file and server.tls_key_file go together: set both (PEM files) \
+                 to serve TLS, or neither"
+                    .into(),
+            );
+        }
+        if !tls.tls_client_ca_file.is_empty() && tls.tls_cert_file.is_empty() {
+            problems.push(
+                "server.tls_client_ca_file needs server.tls_cert_file and server.tls_key_file: \
+                 client certificates are asked for in a TLS handshake"
+                    .into(),
+            );
+        }
         if self.server.workers > 1024 {
             problems.push(format!(
                 "server.workers = {} is more than 1024; use 0 for one per CPU",
@@ -815,6 +857,7 @@ impl Config {
         let mut problems = Vec::new();
         let mut names = std::collections::HashSet::new();
         let mut digests = std::collections::HashSet::new();
+        let mut subjects = std::collections::HashSet::new();
         for (i, c) in self.clients.iter().enumerate() {
             let at = format!("clients[{i}] ({:?})", c.name);
             if c.name.trim().is_empty() {
@@ -827,13 +870,31 @@ impl Config {
                 ));
             }
             let digest_ok = c.key_sha256.len() == 64 && hex::decode(&c.key_sha256).is_ok();
-            if !digest_ok {
+            let certificate_only = c.key_sha256.is_empty() && c.cert_subject.is_some();
+            if let Some(subject) = &c.cert_subject {
+                if !subject.contains('=') {
+                    problems.push(format!(
+                        "{at}: cert_subject = {subject:?} is not a subject; write it as \
+                         \"CN=team-a, O=Example\""
+                    ));
+                } else if !subjects.insert(subject_key(subject)) {
+                    problems.push(format!("{at}: cert_subject is shared with another client"));
+                }
+                if self.server.tls_client_ca_file.is_empty() {
+                    problems.push(format!(
+                        "{at}: cert_subject needs server.tls_client_ca_file (the CA that signs \
+                         the teams' certificates)"
+                    ));
+                }
+            }
+            if !digest_ok && !certificate_only {
                 problems.push(format!(
                     "{at}: key_sha256 must be 64 hex characters (the SHA-256 of the key); \
-                     `contabo-gateway keys new {}` prints one",
+                     `contabo-gateway keys new {}` prints one (or identify the team by its \
+                     client certificate alone with cert_subject)",
                     c.name
                 ));
-            } else if !digests.insert(c.key_sha256.to_ascii_lowercase()) {
+            } else if digest_ok && !digests.insert(c.key_sha256.to_ascii_lowercase()) {
                 problems.push(format!("{at}: key_sha256 is shared with another client"));
             }
             if !(c.per_second.is_finite() && c.per_second > 0.0) {

@@ -17,6 +17,7 @@ use crate::config::{ClientConfig, Config, Credentials};
 use crate::ratelimit::RateLimits;
 use crate::routes::RouteTable;
 use crate::team_token::TokenSigner;
+use crate::tls::Tls;
 use crate::upstream::Upstream;
 
 /// What a reload changed, for the log.
@@ -45,6 +46,8 @@ pub struct Gateway {
     pub team_tokens: Option<TokenSigner>,
     /// Proxies whose forwarding headers name the caller (`server.trusted_proxies`).
     pub trusted_proxies: TrustedProxies,
+    /// TLS on the API listener, when `server.tls_cert_file` is set; reloaded with the teams.
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Gateway {
@@ -57,7 +60,9 @@ impl Gateway {
             None => None,
         };
         let trusted_proxies = TrustedProxies::parse(&config.server.trusted_proxies)?;
+        let tls = Tls::from_settings(&config.server)?;
         Ok(Self {
+            tls,
             team_tokens,
             trusted_proxies,
             audit: AuditLog::start(&config.audit),
@@ -110,3 +115,8 @@ impl Gateway {
 /// get it straight from the connection. The call's [`RequestId`] is in the extensions too.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// The subject of the client certificate the connection's TLS handshake verified (with
+/// `server.tls_client_ca_file`), in the request's extensions: a team may be identified by it.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub Arc<str>);

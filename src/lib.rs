@@ -29,5 +29,6 @@ pub mod sandbox;
 pub mod shutdown;
 pub mod team_token;
 pub mod telemetry;
+pub mod tls;
 pub mod token_endpoint;
 pub mod upstream;

@@ -1,7 +1,7 @@
 //! Configuration reload on SIGHUP: the teams (`[[clients]]`: keys, roles, limits, in the config
-//! file and its `clients_file`) are read again
-//! and swapped in without dropping a connection. Calls in flight keep the team they started with;
-//! a team whose limits did not change keeps its bucket. A new configuration with any problem is
+//! file and its `clients_file`) are read again and swapped in without dropping a connection, and
+//! the TLS certificate and key are read again. Calls in flight keep the team they started with; a
+//! team whose limits did not change keeps its bucket. A new configuration with any problem is
 //! refused with a log line and the running one stays. Other sections need a restart.
 
 use std::sync::Arc;
@@ -58,6 +58,15 @@ pub fn on_sighup(
                     %reason,
                     "SIGHUP: the new configuration is refused; the running one stays"
                 ),
+            }
+            if let Some(tls) = &gateway.tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                    Err(reason) => tracing::error!(
+                        %reason,
+                        "SIGHUP: the TLS files do not load; the running certificate stays"
+                    ),
+                }
             }
         }
     }))

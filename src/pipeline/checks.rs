@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use super::CallContext;
 use crate::clients::{Client, KeyProblem, presented_key};
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::gateway::{ClientCertificate, Gateway};
 use crate::team_token::{Refused, TokenSigner, Use, looks_like_token};
 
 /// Refuses paths that could mean something else after normalisation: dot segments, encoded
@@ -92,25 +92,40 @@ pub fn check_header_values(headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
-/// The calling team, from its key or from an access token of the gateway's token endpoint. An
-/// address that got too many 401s lately is refused first (429), whatever it sends; a 401 counts
-/// against its address.
+/// The calling team, from its key or from an access token of the gateway's token endpoint, or,
+/// when the call carries neither, from the subject of the connection's verified client
+/// certificate. An address that got too many 401s lately is refused first (429), whatever it
+/// sends; a 401 counts against its address.
 pub fn identify(
     gw: &Gateway,
     headers: &HeaderMap,
     address: Option<std::net::IpAddr>,
+    certificate: Option<&ClientCertificate>,
 ) -> Result<Arc<Client>, GatewayError> {
     gw.auth_throttle.check(address)?;
-    let identified = presented_key(headers)
-        .map_err(|p| GatewayError::Unauthenticated(p.message()))
-        .and_then(|credential| match &gw.team_tokens {
-            Some(signer) if looks_like_token(credential) => team_of_token(gw, signer, credential)
-                .map_err(|refused| GatewayError::Unauthenticated(refused.message())),
-            _ => gw
-                .clients()
-                .identify(credential)
-                .ok_or(GatewayError::Unauthenticated(KeyProblem::Unknown.message())),
-        });
+    let identified = match (presented_key(headers), certificate) {
+        (Err(KeyProblem::Missing), Some(ClientCertificate(subject))) => gw
+            .clients()
+            .identify_by_certificate(subject)
+            .ok_or_else(|| {
+                GatewayError::Unauthenticated(
+                    "the client certificate is valid but its subject is no team's cert_subject, \
+                     and no team key was sent; ask the operator to add the subject or send a key",
+                )
+            }),
+        (presented, _) => presented
+            .map_err(|p| GatewayError::Unauthenticated(p.message()))
+            .and_then(|credential| match &gw.team_tokens {
+                Some(signer) if looks_like_token(credential) => {
+                    team_of_token(gw, signer, credential)
+                        .map_err(|refused| GatewayError::Unauthenticated(refused.message()))
+                }
+                _ => gw
+                    .clients()
+                    .identify(credential)
+                    .ok_or(GatewayError::Unauthenticated(KeyProblem::Unknown.message())),
+            }),
+    };
     if identified.is_err() {
         gw.auth_throttle.failed(address);
     }

@@ -38,7 +38,7 @@ pub use checks::{check_path, identify};
 use crate::audit::{AuditTrail, Caller};
 use crate::clients::Client;
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::gateway::{ClientCertificate, Gateway};
 use crate::metrics;
 use crate::ratelimit::Quota;
 use crate::request_id::RequestId;
@@ -134,7 +134,12 @@ async fn run(
     labels: &mut CallLabels,
 ) -> Result<Response, GatewayError> {
     let (parts, body) = request.into_parts();
-    let client = identify(gw, &parts.headers, peer.map(|p| p.ip()))?;
+    let client = identify(
+        gw,
+        &parts.headers,
+        peer.map(|p| p.ip()),
+        parts.extensions.get::<ClientCertificate>(),
+    )?;
     let classified = gw.routes.classify(&parts.method, parts.uri.path());
     let route = classified.operation;
     let call = CallContext {

@@ -111,6 +111,7 @@ fn client(name: &str, role: Role) -> (String, ClientConfig) {
         per_second: 1000.0,
         burst: 1000,
         reveal: vec![],
+        cert_subject: None,
     };
     (key, cfg)
 }
@@ -369,6 +370,7 @@ pub fn team_block(name: &str, role: &str, reveal: &[&str]) -> (String, ClientCon
         per_second: 1000.0,
         burst: 1000,
         reveal: reveal.iter().map(|r| r.to_string()).collect(),
+        cert_subject: None,
     };
     (key, config)
 }
