@@ -124,6 +124,7 @@ async fn serve_call(
         client = tracing::field::Empty,
         route = tracing::field::Empty,
     );
+    crate::telemetry::adopt_caller_context(&span, request.headers());
     let served = if surface.serves_api() && pipeline::is_contabo_call(request.uri().path()) {
         Either::Left(pipeline::handle(
             &gateway,

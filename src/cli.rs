@@ -153,8 +153,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Serve { config, sandbox } => {
             let (config, source) = load_valid(config)?;
-            telemetry::init(&config.log);
-            done(block_on(serve(config, source, sandbox)))
+            let telemetry = telemetry::init(&config.log, &config.telemetry)?;
+            let served = block_on(serve(config, source, sandbox));
+            telemetry.shutdown();
+            done(served)
         }
         Command::Keys {
             command: KeysCommand::New { name, role },

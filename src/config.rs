@@ -25,6 +25,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub rate_limit: RateLimitConfig,
     pub auth: AuthConfig,
+    pub telemetry: TelemetryConfig,
     /// A TOML file of further `[[clients]]` blocks (relative to this file's directory), so the
     /// teams can be kept apart from the settings: a Kubernetes Secret, a file mounted from the
     /// host. Read again on SIGHUP with the rest.
@@ -258,6 +259,26 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Pretty,
             level: "info".into(),
+        }
+    }
+}
+
+/// Traces: the calls' spans exported over OTLP/HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL (spans go to `/v1/traces` under it), e.g.
+    /// `http://otel-collector:4318`; empty: no spans leave the process.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "contabo-gateway".into(),
         }
     }
 }
@@ -650,6 +671,14 @@ impl Config {
                 }
                 Ok(_) => {}
             }
+        }
+        let endpoint = &self.telemetry.otlp_endpoint;
+        let is_url = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !is_url {
+            problems.push(format!(
+                "telemetry.otlp_endpoint = {endpoint:?} is not an http(s) URL; write the \
+                 collector's OTLP/HTTP address, e.g. \"http://otel-collector:4318\""
+            ));
         }
         let tls = &self.server;
         if tls.tls_cert_file.is_empty() != tls.tls_key_file.is_empty() {

@@ -129,7 +129,9 @@ impl AuditLog {
             path: parts.uri.path().into(),
             query: self.bodies.store_query(parts.uri.query().unwrap_or("")),
             request_id: call.request_id.as_str().into(),
-            trace_id: header(crate::request_id::TRACE_HEADER),
+            // The call's W3C trace (exported, or the caller's traceparent), else Contabo's own.
+            trace_id: crate::telemetry::trace_id(&parts.headers)
+                .unwrap_or_else(|| header(crate::request_id::TRACE_HEADER)),
             client_ip,
             request_body: String::new(),
             status: None,
@@ -253,7 +255,9 @@ impl AuditTrail {
                 .await
                 .unwrap_or_else(|_| Err("the audit writer stopped".into()))
         };
-        match tokio::time::timeout(self.deadline, wait).await {
+        let span = crate::telemetry::span(|| tracing::info_span!("audit write (pending record)"));
+        match tokio::time::timeout(self.deadline, tracing::Instrument::instrument(wait, span)).await
+        {
             Ok(result) => result,
             Err(_) => {
                 let reason = format!(

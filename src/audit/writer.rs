@@ -148,9 +148,13 @@ pub async fn run(
             continue;
         }
         let assigned_ids: Vec<i64> = batch.iter().map(op_id).collect();
+        let span = crate::telemetry::span(|| {
+            tracing::info_span!("audit write (batch)", records = batch.len())
+        });
         let result = match &store {
             Some(s) => {
-                match tokio::time::timeout(deadline, write(s, &mut conn, &mut tail, &mut batch))
+                let written = write(s, &mut conn, &mut tail, &mut batch);
+                match tokio::time::timeout(deadline, tracing::Instrument::instrument(written, span))
                     .await
                 {
                     Ok(written) => {

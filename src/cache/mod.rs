@@ -247,31 +247,37 @@ impl ResponseCache {
             .entry(slot_key.clone())
             .or_default()
             .clone();
+        let span = crate::telemetry::span(|| tracing::info_span!("cache fill (coalesced)"));
         let fetched = cell
-            .get_or_init(|| async {
-                self.counters
-                    .upstream_fetches
-                    .fetch_add(1, Ordering::Relaxed);
-                match fetch.await {
-                    Ok(mut response) => {
-                        response.generation = generation;
-                        response.group = group;
-                        let response = Arc::new(response);
-                        let stored = response.status == StatusCode::OK
-                            && self.generation(group) == generation;
-                        if stored {
-                            self.entries.insert(key.to_string(), response.clone()).await;
+            .get_or_init(|| {
+                tracing::Instrument::instrument(
+                    async {
+                        self.counters
+                            .upstream_fetches
+                            .fetch_add(1, Ordering::Relaxed);
+                        match fetch.await {
+                            Ok(mut response) => {
+                                response.generation = generation;
+                                response.group = group;
+                                let response = Arc::new(response);
+                                let stored = response.status == StatusCode::OK
+                                    && self.generation(group) == generation;
+                                if stored {
+                                    self.entries.insert(key.to_string(), response.clone()).await;
+                                }
+                                Fetched {
+                                    result: Ok(response),
+                                    stored,
+                                }
+                            }
+                            Err(error) => Fetched {
+                                result: Err(error),
+                                stored: false,
+                            },
                         }
-                        Fetched {
-                            result: Ok(response),
-                            stored,
-                        }
-                    }
-                    Err(error) => Fetched {
-                        result: Err(error),
-                        stored: false,
                     },
-                }
+                    span,
+                )
             })
             .await
             .clone();

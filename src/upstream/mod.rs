@@ -190,6 +190,19 @@ impl Upstream {
     /// Sends the call with the gateway's bearer token. On an upstream 401 the token is dropped, a new
     /// one obtained, and the call retried once with the same request id.
     pub async fn send(&self, call: &OutgoingCall<'_>) -> Result<UpstreamResponse, GatewayError> {
+        use tracing::Instrument;
+        let span = crate::telemetry::span(|| {
+            // The path only: a query may carry what must not leave the gateway.
+            let path = call.path_and_query.path();
+            tracing::info_span!("contabo exchange", method = %call.method, path)
+        });
+        self.send_with_retry(call).instrument(span).await
+    }
+
+    async fn send_with_retry(
+        &self,
+        call: &OutgoingCall<'_>,
+    ) -> Result<UpstreamResponse, GatewayError> {
         let bearer = self.tokens.bearer().await?;
         let response = self.send_once(call, &bearer).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -218,6 +231,7 @@ impl Upstream {
         }
         headers.insert(http::header::HOST, self.base.host.clone());
         headers.insert(http::header::AUTHORIZATION, bearer.clone());
+        crate::telemetry::pass_on(headers);
         let exchange = async {
             let response = match self.pool().send(request).await {
                 Ok(response) => response,

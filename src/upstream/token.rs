@@ -253,6 +253,16 @@ impl TokenManager {
     }
 
     async fn grant(&self, grant: Grant) -> Result<HeaderValue, GrantError> {
+        use tracing::Instrument;
+        let kind = match grant {
+            Grant::Password => "password",
+            Grant::Refresh(_) => "refresh_token",
+        };
+        let span = crate::telemetry::span(|| tracing::info_span!("token grant", grant = kind));
+        self.grant_once(grant).instrument(span).await
+    }
+
+    async fn grant_once(&self, grant: Grant) -> Result<HeaderValue, GrantError> {
         let client_secret = self.client_secret.read().expect("secret lock").clone();
         let mut form: Vec<(&str, &str)> = vec![
             ("client_id", &self.client_id),
