@@ -337,3 +337,48 @@ fn check_config_reads_the_tls_files_and_names_a_mismatched_pair() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_of_a_running_process() {
+    let sandbox = contabo_gateway::sandbox::Sandbox::start(SandboxOptions::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = Authority::new("first CA");
+    let (cert, key) = write_pair(dir.path(), first.server());
+    let (team_key, team) = common::admin_client_block("tls-team");
+    let config = format!(
+        "[server]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\n{team}",
+        cert.display(),
+        key.display()
+    );
+    let mut process = common::spawn_gateway_process(&sandbox, &config, dir.path(), None);
+    assert!(process.url.starts_with("https://"), "{}", process.url);
+    let call = |authority: &Authority| {
+        client(authority, None)
+            .get(format!("{}/v1/users", process.url))
+            .bearer_auth(&team_key)
+            .send()
+    };
+    assert_eq!(call(&first).await.unwrap().status(), 200);
+
+    let second = Authority::new("second CA");
+    write_pair(dir.path(), second.server());
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &process.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let started = Instant::now();
+    while !process.log().contains("TLS certificate and key reloaded") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no reload logged:\n{}",
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(call(&second).await.unwrap().status(), 200);
+    assert!(call(&first).await.is_err());
+    assert!(process.signal_and_wait("-TERM").success());
+}
