@@ -113,6 +113,7 @@ async fn serve_call(
     if let Some(certificate) = certificate {
         request.extensions_mut().insert(certificate);
     }
+    let http1 = request.version() <= http::Version::HTTP_11;
     let (request_id, origin) = RequestId::from_headers(request.headers());
     // The caller's address: the peer, or behind a trusted proxy the address it forwarded.
     let peer = gateway.trusted_proxies.client(peer, request.headers());
@@ -142,9 +143,18 @@ async fn serve_call(
             }
         })
     };
-    Ok(within_call(&gateway, &request_id, origin, served)
+    let mut response = within_call(&gateway, &request_id, origin, served)
         .instrument(span)
-        .await)
+        .await;
+    // A body refused for its size was not read to its end, so this HTTP/1 connection cannot
+    // carry another call: say so, or a pooled client sends its next call into a closing socket.
+    if http1 && response.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(response)
 }
 
 /// What the wrapper does around every served call, inside its span.

@@ -42,6 +42,9 @@ async fn a_body_over_the_limit_gets_413_before_anything_reaches_upstream() {
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
+    // The rest of the body was never read: the connection cannot carry another call, and the
+    // client is told so (without it a pooled client sent its next call into a closing connection).
+    assert_eq!(response.headers()["connection"], "close");
     // At the limit exactly: forwarded.
     let fits = format!(
         "{{\"period\":1,\"displayName\":\"{}\"}}",
