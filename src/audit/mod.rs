@@ -6,6 +6,8 @@
 //! store cannot be written, mutating calls are refused with 503 and never forwarded, unless
 //! `audit.fail_open`. Secrets in bodies are redacted; credentials are never stored.
 
+pub mod chain;
+pub mod lock;
 pub mod query;
 pub mod reconcile;
 pub mod record;

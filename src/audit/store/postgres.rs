@@ -1,0 +1,64 @@
+//! Appending a batch to PostgreSQL, where several replicas append to one chain: the transaction
+//! takes the chain's advisory lock and reads the tail in one round trip, then one upsert of the
+//! batch as a JSON array.
+
+use super::{CHAIN_LOCK_KEY, Store, UPSERT_FINALISES};
+use crate::audit::chain::{ChainTail, TAIL_SQL, decode_tail};
+use crate::audit::record::AuditRecord;
+
+impl Store {
+    /// PostgreSQL: opens the transaction that appends a batch, takes the chain lock (replicas
+    /// append one at a time) and reads the chain's tail, in one round trip. In READ COMMITTED each
+    /// statement of the list reads a snapshot taken when it starts, so the tail is read after the
+    /// lock is held and includes every batch committed before. Rolled back when it fails.
+    pub async fn begin_append_postgres(
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<ChainTail, sqlx::Error> {
+        let sql = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}) IS NULL AS locked; {TAIL_SQL}"
+        );
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await;
+        let tail = match rows {
+            Ok(rows) => match rows.last() {
+                Some(row) => decode_tail(row),
+                None => Err(sqlx::Error::RowNotFound),
+            },
+            Err(error) => Err(error),
+        };
+        if tail.is_err() {
+            Self::rollback(conn).await;
+        }
+        tail
+    }
+
+    /// PostgreSQL: writes the batch's records (with their ids) in one upsert whose only parameter
+    /// is the records as a JSON array, expanded by `json_to_recordset`: new records are inserted,
+    /// pending ones get their final fields and chain position through their primary key. One
+    /// prepared statement serves every batch size; a multi-row VALUES list (19 parameters a row)
+    /// was parsed and planned again for each batch, 4.5 ms for 60 records.
+    pub async fn upsert_batch_postgres(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        records: &[&AuditRecord],
+    ) -> Result<(), sqlx::Error> {
+        const SQL: &str = "INSERT INTO audit_records (id, ts, client, role, method, path, query, \
+             request_id, trace_id, client_ip, request_body, status, outcome, response_body, \
+             duration_ms, upstream_ms, seq, prev_hash, hash) \
+             SELECT id, ts, client, role, method, path, query, request_id, trace_id, client_ip, \
+             request_body, status, outcome, response_body, duration_ms, upstream_ms, seq, \
+             prev_hash, hash \
+             FROM json_to_recordset($1::json) AS r(id BIGINT, ts TEXT, client TEXT, role TEXT, \
+             method TEXT, path TEXT, query TEXT, request_id TEXT, trace_id TEXT, client_ip TEXT, \
+             request_body TEXT, status BIGINT, outcome TEXT, response_body TEXT, \
+             duration_ms DOUBLE PRECISION, upstream_ms DOUBLE PRECISION, seq BIGINT, \
+             prev_hash TEXT, hash TEXT) ";
+        let rows = serde_json::to_string(records).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("{SQL}{UPSERT_FINALISES}")))
+            .bind(rows)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
