@@ -480,29 +480,18 @@ async fn accept_loop(
             Surface::Admin => None,
             _ => gateway.tls.as_ref().map(|tls| tls.acceptor()),
         };
-        match tls {
-            None => {
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), make_service(None))
-                    .into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    tokio::select! {
-                        biased;
-                        _ = connection => {}
-                        // A slow or silent client: dropping the connection closes it.
-                        _ = cut_off => {}
+        // Shutdown waits for every watcher: a TLS handshake in progress is a connection too.
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let served = async move {
+                match tls {
+                    None => {
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(io), make_service(None));
+                        let _ = watcher.watch(connection.into_owned()).await;
                     }
-                    watchdog.abort();
-                    drop(permit);
-                });
-            }
-            Some(acceptor) => {
-                // Shutdown waits for this watcher too: a handshake in progress is a connection.
-                let watcher = graceful.watcher();
-                let builder = builder.clone();
-                tokio::spawn(async move {
-                    let served = async move {
+                    Some(acceptor) => {
                         let stream = match acceptor.accept(io).await {
                             Ok(stream) => stream,
                             Err(error) => {
@@ -512,24 +501,23 @@ async fn accept_loop(
                         };
                         let certificate =
                             crate::tls::client_subject(stream.get_ref().1).map(ClientCertificate);
-                        let connection = builder
-                            .serve_connection_with_upgrades(
-                                TokioIo::new(stream),
-                                make_service(certificate),
-                            )
-                            .into_owned();
-                        let _ = watcher.watch(connection).await;
-                    };
-                    tokio::select! {
-                        biased;
-                        _ = served => {}
-                        _ = cut_off => {}
+                        let connection = builder.serve_connection_with_upgrades(
+                            TokioIo::new(stream),
+                            make_service(certificate),
+                        );
+                        let _ = watcher.watch(connection.into_owned()).await;
                     }
-                    watchdog.abort();
-                    drop(permit);
-                });
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = served => {}
+                // A slow or silent client: dropping the connection closes it.
+                _ = cut_off => {}
             }
-        }
+            watchdog.abort();
+            drop(permit);
+        });
     }
     drop(listener);
     if tokio::time::timeout(drain_timeout, graceful.shutdown())

@@ -547,11 +547,12 @@ impl Config {
             Some(directory) if named.is_relative() => directory.join(named),
             _ => named.to_path_buf(),
         };
-        let setting = self.setting_source("clients_file");
         let text = std::fs::read_to_string(&path).map_err(|e| {
             format!(
-                "cannot read the teams file {} ({setting}): {e}",
-                path.display()
+                "clients_file = {:?}: cannot read the teams file {}: {e}{}",
+                self.clients_file,
+                path.display(),
+                self.env_note("clients_file")
             )
         })?;
         let file: ClientsFile = parse_toml(&text).map_err(|e| match e.contains('\n') {
@@ -562,11 +563,11 @@ impl Config {
         Ok(())
     }
 
-    /// How a setting is named in a message: with the environment variable that set it, if one did.
-    fn setting_source(&self, setting: &str) -> String {
+    /// " (the value comes from env VAR)" when an environment variable set `setting`, else "".
+    fn env_note(&self, setting: &str) -> String {
         match self.from_env.iter().find(|(s, _)| *s == setting) {
-            Some((_, variable)) => format!("{setting}, from env {variable}"),
-            None => setting.to_string(),
+            Some((_, variable)) => format!(" (the value comes from env {variable})"),
+            None => String::new(),
         }
     }
 
@@ -640,16 +641,9 @@ impl Config {
         self.problems_of_values()
             .into_iter()
             .map(|problem| {
-                match self
-                    .from_env
-                    .iter()
-                    .find(|(setting, _)| problem.starts_with(&format!("{setting} =")))
-                {
-                    Some((_, variable)) => {
-                        format!("{problem} (the value comes from env {variable})")
-                    }
-                    None => problem,
-                }
+                let setting = problem.split(" =").next().unwrap_or_default();
+                let note = self.env_note(setting);
+                problem + &note
             })
             .collect()
     }

@@ -113,21 +113,12 @@ pub async fn run(
         if !carried.is_empty()
             && let Some(s) = &store
         {
-            match tokio::time::timeout(deadline, look_up(s, &mut conn, &carried)).await {
-                Ok(Ok(ops)) => {
+            match within(deadline, "read", look_up(s, &mut conn, &carried)).await {
+                Ok(ops) => {
                     carried.clear();
                     batch = ops;
                 }
-                Ok(Err(e)) => {
-                    let reason = format!("the audit store could not be read: {e}");
-                    mark_down(&health, &reason);
-                    (store, conn, tail) = (None, None, None);
-                }
-                Err(_) => {
-                    let reason = format!(
-                        "the audit store did not answer within audit.write_timeout_ms ({} ms)",
-                        deadline.as_millis()
-                    );
+                Err(reason) => {
                     mark_down(&health, &reason);
                     (store, conn, tail) = (None, None, None);
                 }
@@ -154,17 +145,12 @@ pub async fn run(
         let result = match &store {
             Some(s) => {
                 let written = write(s, &mut conn, &mut tail, &mut batch);
-                match tokio::time::timeout(deadline, tracing::Instrument::instrument(written, span))
-                    .await
-                {
-                    Ok(written) => {
-                        written.map_err(|e| format!("the audit store could not be written: {e}"))
-                    }
-                    Err(_) => Err(format!(
-                        "the audit store did not complete a write within audit.write_timeout_ms ({} ms)",
-                        deadline.as_millis()
-                    )),
-                }
+                within(
+                    deadline,
+                    "written",
+                    tracing::Instrument::instrument(written, span),
+                )
+                .await
             }
             None => Err(health
                 .read()
@@ -191,6 +177,22 @@ pub async fn run(
             }
         }
         reply(batch, result, &mut carried);
+    }
+}
+
+/// A store operation within the deadline, its failure said as the reason the store is down
+/// (`done`: what could not be done, "read" or "written").
+async fn within<T>(
+    deadline: Duration,
+    done: &str,
+    operation: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(deadline, operation).await {
+        Ok(result) => result.map_err(|e| format!("the audit store could not be {done}: {e}")),
+        Err(_) => Err(format!(
+            "the audit store did not complete a write within audit.write_timeout_ms ({} ms)",
+            deadline.as_millis()
+        )),
     }
 }
 
