@@ -247,38 +247,34 @@ impl ResponseCache {
             .entry(slot_key.clone())
             .or_default()
             .clone();
+        let fill = async {
+            self.counters
+                .upstream_fetches
+                .fetch_add(1, Ordering::Relaxed);
+            match fetch.await {
+                Ok(mut response) => {
+                    response.generation = generation;
+                    response.group = group;
+                    let response = Arc::new(response);
+                    let stored =
+                        response.status == StatusCode::OK && self.generation(group) == generation;
+                    if stored {
+                        self.entries.insert(key.to_string(), response.clone()).await;
+                    }
+                    Fetched {
+                        result: Ok(response),
+                        stored,
+                    }
+                }
+                Err(error) => Fetched {
+                    result: Err(error),
+                    stored: false,
+                },
+            }
+        };
         let span = crate::telemetry::span(|| tracing::info_span!("cache fill (coalesced)"));
         let fetched = cell
-            .get_or_init(|| {
-                tracing::Instrument::instrument(
-                    async {
-                        self.counters
-                            .upstream_fetches
-                            .fetch_add(1, Ordering::Relaxed);
-                        match fetch.await {
-                            Ok(mut response) => {
-                                response.generation = generation;
-                                response.group = group;
-                                let response = Arc::new(response);
-                                let stored = response.status == StatusCode::OK
-                                    && self.generation(group) == generation;
-                                if stored {
-                                    self.entries.insert(key.to_string(), response.clone()).await;
-                                }
-                                Fetched {
-                                    result: Ok(response),
-                                    stored,
-                                }
-                            }
-                            Err(error) => Fetched {
-                                result: Err(error),
-                                stored: false,
-                            },
-                        }
-                    },
-                    span,
-                )
-            })
+            .get_or_init(|| tracing::Instrument::instrument(fill, span))
             .await
             .clone();
         let mut in_flight = self.in_flight.lock().expect("in-flight lock");
