@@ -347,8 +347,12 @@ async fn serve_workers(
     if let Some(admin) = admin {
         admin.await.map_err(std::io::Error::other)??;
     }
-    // Every call has drained: commit the audit records they left with the writer.
+    // Every call has drained: commit the audit records they left with the writer, and sign the
+    // chain's head as it stands.
     gateway.audit.flush().await;
+    if let Err(reason) = gateway.audit.checkpoint().await {
+        tracing::error!(%reason, "the audit checkpoint at shutdown failed");
+    }
     background.into_iter().for_each(|task| task.abort());
     joined
         .into_iter()
@@ -536,8 +540,8 @@ async fn accept_loop(
 const ADMIN_CONNECTIONS: usize = 256;
 
 /// Tasks that live as long as the server: the upstream budget's dispatcher, the metrics upkeep,
-/// the cache invalidation listener (with Redis), the TLS files' watch (with TLS) and the audit
-/// retention pruning (with `audit.retention_days`).
+/// the cache invalidation listener (with Redis), the TLS files' watch (with TLS), the audit
+/// checkpoints (with `audit.signing_key_file`) and retention pruning (with `audit.retention_days`).
 fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle<()>> {
     let upkept = gateway.clone();
     let mut tasks = vec![
@@ -557,6 +561,20 @@ fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle
     if let Some(tls) = &gateway.tls {
         tasks.push(tokio::spawn(tls.clone().watch()));
     }
+    if let Some(every) = gateway.audit.checkpoint_every() {
+        let gateway = gateway.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                if let Err(reason) = gateway.audit.checkpoint().await {
+                    tracing::error!(%reason, "the audit checkpoint failed");
+                }
+            }
+        }));
+    }
     let retention_days = gateway.config.audit.retention_days;
     if gateway.audit.enabled() && retention_days > 0 {
         let gateway = gateway.clone();
@@ -567,7 +585,7 @@ fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle
                 let before = chrono::Utc::now() - chrono::Duration::days(retention_days as i64);
                 let before = before.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
                 match gateway.audit.reader().await {
-                    Ok(store) => match store.prune(&before).await {
+                    Ok(store) => match store.prune(&before, gateway.audit.signer()).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(pruned = n, %before, "audit retention: records pruned, checkpoint written"),
                         Err(reason) => tracing::error!(%reason, "audit retention pruning failed"),

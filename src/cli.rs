@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use crate::app::Application;
 use crate::audit::query::{Filter, Format, csv_line, parse_time, table_header, table_line};
 use crate::audit::reconcile::reconcile;
-use crate::audit::store::Store;
+use crate::audit::store::{Anchors, Store};
 use crate::clients::{Role, generate_key, sha256};
 use crate::config::{ClientConfig, Config, Credentials, Source};
 use crate::sandbox::{Sandbox, SandboxOptions};
+use crate::signed_checkpoint::{new_private_key, parse_lines};
 use crate::upstream::Upstream;
 use crate::{shutdown, telemetry};
 
@@ -114,8 +115,19 @@ pub enum AuditCommand {
         #[arg(long, default_value = "table")]
         format: String,
     },
-    /// Walk the hash chain; exit 1 at the first broken record.
-    Verify,
+    /// Walk the hash chain; exit 1 at the first broken record. With --checkpoints and
+    /// --public-key, also hold the store against signed checkpoints: exit 1 when a record they
+    /// cover was changed (even with the chain recomputed), records they counted are missing, or a
+    /// checkpoint's signature or link is broken.
+    Verify {
+        /// A checkpoint file (audit.checkpoint_file's copy, one JSON line per checkpoint).
+        #[arg(long, value_name = "FILE", requires = "public_key")]
+        checkpoints: Option<PathBuf>,
+        /// The signing key's public key, base64 (as `keys new-signing` printed it), or a file
+        /// holding it.
+        #[arg(long, value_name = "KEY", requires = "checkpoints")]
+        public_key: Option<String>,
+    },
     /// List changes in Contabo's own audit whose request id has no gateway record; exit 2 if any.
     Reconcile {
         /// RFC 3339 or epoch seconds.
@@ -133,6 +145,12 @@ pub enum KeysCommand {
         /// admin | operator | readonly | auditor
         #[arg(long, default_value = "readonly", value_parser = parse_role)]
         role: Role,
+    },
+    /// Write a new Ed25519 key that signs audit checkpoints to PATH (mode 0600, never
+    /// overwritten) and print its public key, base64, on the last line: give that to reviewers.
+    NewSigning {
+        /// Where the private key goes (set audit.signing_key_file to it).
+        path: PathBuf,
     },
 }
 
@@ -164,11 +182,30 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
             print!("{}", new_key(&name, role));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys {
+            command: KeysCommand::NewSigning { path },
+        } => done(new_signing_key(&path)),
         Command::CheckConfig { config } => done(check_config(config)),
         Command::Health { url } => done(probe(&url)),
         Command::Migrate { config } => done(block_on(migrate(config))),
         Command::Audit { config, command } => block_on(audit(config, command)),
     }
+}
+
+/// The checkpoint file and public key `audit verify` holds the store against.
+fn read_anchors(file: &std::path::Path, key: &str) -> Result<Anchors, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read the checkpoint file {}: {e}", file.display()))?;
+    let checkpoints = parse_lines(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let public_key = match std::fs::read_to_string(key) {
+        Ok(text) => text.trim().to_string(),
+        Err(_) => key.trim().to_string(),
+    };
+    Ok(Anchors {
+        checkpoints,
+        public_key,
+        source: file.display().to_string(),
+    })
 }
 
 fn block_on<T, F: std::future::Future<Output = Result<T, String>>>(future: F) -> Result<T, String> {
@@ -267,19 +304,27 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<ExitCode,
             }
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Verify => {
-            let report = store.verify().await?;
+        AuditCommand::Verify {
+            checkpoints,
+            public_key,
+        } => {
+            let anchors = match (checkpoints, public_key) {
+                (Some(file), Some(key)) => Some(read_anchors(&file, &key)?),
+                _ => None,
+            };
+            let report = store.verify(anchors.as_ref()).await?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&report).unwrap_or_default()
             );
-            match report.first_broken_id {
-                None => Ok(ExitCode::SUCCESS),
-                Some(id) => Err(format!(
-                    "the audit chain is broken at record {id}: {}",
-                    report.reason.unwrap_or_default()
-                )),
+            if report.ok {
+                return Ok(ExitCode::SUCCESS);
             }
+            let reason = report.reason.unwrap_or_default();
+            Err(match report.first_broken_id {
+                Some(id) => format!("the audit chain is broken at record {id}: {reason}"),
+                None => format!("the audit log does not verify: {reason}"),
+            })
         }
         AuditCommand::Reconcile { since } => {
             let since = parse_time("--since", &since)?;
@@ -400,6 +445,21 @@ fn check_config(path: Option<PathBuf>) -> Result<(), String> {
             "off (set auth.token_signing_key_file or GATEWAY_TOKEN_SIGNING_KEY to turn it on)"
         }
     );
+    match config.audit.checkpoint_signer()? {
+        Some(signer) => println!(
+            "  audit checkpoints: signed every {} s, public key {}{}",
+            config.audit.checkpoint_secs,
+            signer.public_key(),
+            if config.audit.checkpoint_file.is_empty() {
+                " (no audit.checkpoint_file: kept in the database and the log only)".to_string()
+            } else {
+                format!(", appended to {}", config.audit.checkpoint_file)
+            }
+        ),
+        None => println!(
+            "  audit checkpoints: off (set audit.signing_key_file; `keys new-signing PATH` writes one)"
+        ),
+    }
     match Credentials::from_env() {
         Ok(c) => println!("  credential: client {} as {}", c.client_id, c.username),
         Err(e) => println!("  note: {e}"),
@@ -407,6 +467,37 @@ fn check_config(path: Option<PathBuf>) -> Result<(), String> {
     if config.clients.is_empty() {
         println!("  note: no [[clients]] configured: every /v1 call will get 401");
     }
+    Ok(())
+}
+
+/// `keys new-signing PATH`: a new checkpoint signing key, created with mode 0600 (an existing file
+/// is refused, so a key in use is never replaced by accident).
+fn new_signing_key(path: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (pem, public_key) = new_private_key()?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!(
+                "{} exists already; a signing key is never overwritten (move it aside first)",
+                path.display()
+            ),
+            _ => format!("cannot create {}: {e}", path.display()),
+        })?;
+    file.write_all(pem.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!(
+        "signing key written to {} (set audit.signing_key_file to it; every replica on one \
+         database needs the same file)",
+        path.display()
+    );
+    println!("public key (for `audit verify --public-key`):");
+    println!("{public_key}");
     Ok(())
 }
 
@@ -438,6 +529,12 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
         if config.auth.signing_key.is_none() && config.auth.token_signing_key_file.is_empty() {
             // The token endpoint is always on in the sandbox: with a per-run key if none is set.
             config.auth.signing_key = Some(generate_key().into());
+        }
+        if config.audit.signing_key_pem.is_none() && config.audit.signing_key_file.is_empty() {
+            // Audit checkpoints are signed in the sandbox too: with a per-run key if none is set.
+            let (pem, public_key) = new_private_key()?;
+            config.audit.signing_key_pem = Some(pem.into());
+            println!("sandbox audit checkpoint public key (this run only): {public_key}");
         }
         let credentials = sb.credentials();
         sandbox = Some(sb);

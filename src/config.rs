@@ -341,6 +341,17 @@ pub struct AuditConfig {
     /// Longest wait for any store operation (a pending record's commit, a batch, a probe, an
     /// open); past it the call gets 503 and the store is reported down.
     pub write_timeout_ms: u64,
+    /// Ed25519 private key (PKCS#8 PEM, from `keys new-signing PATH`) that signs checkpoints of
+    /// the chain's head; every replica on one PostgreSQL needs the same. "" = no checkpoints.
+    pub signing_key_file: String,
+    /// Seconds between signed checkpoints (one is also signed at shutdown and with each pruning).
+    pub checkpoint_secs: u64,
+    /// File each signed checkpoint is appended to as one JSON line (fsync'd): put it where the
+    /// database's administrator cannot write (another disk, a WORM bucket's sync, a log shipper).
+    pub checkpoint_file: String,
+    /// A per-run key in `--sandbox` when none is configured (PEM).
+    #[serde(skip)]
+    pub signing_key_pem: Option<SecretString>,
 }
 
 impl Default for AuditConfig {
@@ -365,7 +376,26 @@ impl Default for AuditConfig {
             retention_days: 0,
             store_user_data: false,
             write_timeout_ms: 2000,
+            signing_key_file: String::new(),
+            checkpoint_secs: 60,
+            checkpoint_file: String::new(),
+            signing_key_pem: None,
         }
+    }
+}
+
+impl AuditConfig {
+    /// The key that signs checkpoints, when one is configured (or the sandbox made one).
+    pub fn checkpoint_signer(&self) -> Result<Option<crate::signed_checkpoint::Signer>, String> {
+        use crate::signed_checkpoint::Signer;
+        use secrecy::ExposeSecret;
+        if let Some(pem) = &self.signing_key_pem {
+            return Signer::from_pem(pem.expose_secret().as_bytes()).map(Some);
+        }
+        if self.signing_key_file.is_empty() {
+            return Ok(None);
+        }
+        Signer::load(&self.signing_key_file).map(Some)
     }
 }
 
@@ -747,9 +777,29 @@ impl Config {
         if self.audit.max_body_bytes == 0 {
             problems.push("audit.max_body_bytes must be at least 1".into());
         }
+        problems.extend(self.checkpoint_problems());
         problems.extend(self.client_problems());
         problems.extend(self.rate_limit_problems());
         problems.extend(self.auth_problems());
+        problems
+    }
+
+    fn checkpoint_problems(&self) -> Vec<String> {
+        let a = &self.audit;
+        let mut problems = Vec::new();
+        if let Err(problem) = a.checkpoint_signer() {
+            problems.push(problem);
+        }
+        if a.checkpoint_secs == 0 {
+            problems.push("audit.checkpoint_secs must be at least 1 (default 60)".into());
+        }
+        if !a.checkpoint_file.is_empty() && a.signing_key_file.is_empty() {
+            problems.push(format!(
+                "audit.checkpoint_file = {:?} needs audit.signing_key_file: checkpoints are only \
+                 written when they can be signed",
+                a.checkpoint_file
+            ));
+        }
         problems
     }
 

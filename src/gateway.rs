@@ -65,7 +65,7 @@ impl Gateway {
             tls,
             team_tokens,
             trusted_proxies,
-            audit: AuditLog::start(&config.audit),
+            audit: AuditLog::start(&config.audit)?,
             limits: RateLimits::new(&config.rate_limit)?,
             cache,
             clients: ArcSwap::from_pointee(ClientRegistry::from_config(

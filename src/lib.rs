@@ -27,6 +27,7 @@ pub mod role;
 pub mod routes;
 pub mod sandbox;
 pub mod shutdown;
+pub mod signed_checkpoint;
 pub mod team_token;
 pub mod telemetry;
 pub mod tls;

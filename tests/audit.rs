@@ -6,37 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestGateway, announce_skip, http, json, start_with};
+use common::{
+    Backend, TestGateway, announce_skip, fresh_database, http, json, start_with, wait_ready,
+};
 use contabo_gateway::audit::store::Store;
 use contabo_gateway::sandbox::SandboxOptions;
 use reqwest::Method;
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A fresh, empty audit database of `backend`, or None (announced) when it is not available.
-async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<String> {
-    match backend {
-        Backend::Sqlite => Some(format!(
-            "sqlite://{}/audit-{}.db",
-            dir.display(),
-            uuid::Uuid::new_v4()
-        )),
-        Backend::Postgres => {
-            let url = common::fresh_postgres_url().await;
-            if url.is_none() {
-                announce_skip(
-                    "the PostgreSQL audit tests",
-                    "GATEWAY_TEST_POSTGRES_URL is not set",
-                );
-            }
-            url
-        }
-    }
-}
 
 async fn gateway(
     backend: Backend,
@@ -53,19 +28,6 @@ async fn gateway(
     wait_ready(&gw).await;
     std::mem::forget(dir);
     Some((gw, url))
-}
-
-async fn wait_ready(gw: &TestGateway) {
-    for _ in 0..100 {
-        if gw.gateway.audit.health().is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "the audit store never became writable: {:?}",
-        gw.gateway.audit.health()
-    );
 }
 
 async fn records(gw: &TestGateway, query: &str) -> serde_json::Value {
@@ -598,7 +560,7 @@ async fn final_records_of_a_failed_batch_are_written_once_the_store_is_back(back
         assert_eq!(stored.len(), 1);
         if stored[0].outcome.as_str() == "forwarded" {
             assert_eq!(stored[0].status, Some(201));
-            assert_eq!(store.verify().await.unwrap().first_broken_id, None);
+            assert_eq!(store.verify(None).await.unwrap().first_broken_id, None);
             break;
         }
         assert!(
@@ -1008,7 +970,7 @@ async fn two_gateways_on_one_postgres_keep_one_valid_chain() {
     assert!(statuses.iter().all(|s| *s == 201));
     a.gateway.audit.flush().await;
     b.gateway.audit.flush().await;
-    let report = Store::open(&url).await.unwrap().verify().await.unwrap();
+    let report = Store::open(&url).await.unwrap().verify(None).await.unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!((report.checked, report.pending), (40, 0));
 }
@@ -1026,13 +988,13 @@ async fn retention_pruning_leaves_a_chain_that_still_verifies() {
     let store = Store::open(&url).await.unwrap();
     let before = store.page(&Default::default()).await.unwrap();
     // Prune everything older than the third record.
-    assert_eq!(store.prune(&before[2].ts).await.unwrap(), 2);
+    assert_eq!(store.prune(&before[2].ts, None).await.unwrap(), 2);
     let after = store.page(&Default::default()).await.unwrap();
     assert_eq!(
         after.iter().map(|r| r.id).collect::<Vec<_>>(),
         before[2..].iter().map(|r| r.id).collect::<Vec<_>>()
     );
-    let report = store.verify().await.unwrap();
+    let report = store.verify(None).await.unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!((report.checked, report.checkpoint_seq), (3, Some(2)));
     // The chain goes on from the checkpoint.
@@ -1046,7 +1008,7 @@ async fn retention_pruning_leaves_a_chain_that_still_verifies() {
     )
     .await;
     gw.gateway.audit.flush().await;
-    let report = store.verify().await.unwrap();
+    let report = store.verify(None).await.unwrap();
     assert!(report.ok && report.checked == 4, "{report:?}");
     // Tampering with what remains is still found.
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -1057,7 +1019,7 @@ async fn retention_pruning_leaves_a_chain_that_still_verifies() {
     .await
     .unwrap();
     assert_eq!(
-        store.verify().await.unwrap().first_broken_id,
+        store.verify(None).await.unwrap().first_broken_id,
         Some(before[3].id)
     );
 }
@@ -1158,7 +1120,7 @@ async fn a_frozen_postgres_is_answered_503_within_the_deadline_and_ready_follows
     eprintln!("/ready back {recovered:?} after the thaw");
     assert_eq!(create_instance(&gw, &gw.keys.admin, 4).await, 201);
     let store = Store::open(&postgres.url()).await.unwrap();
-    let report = store.verify().await.unwrap();
+    let report = store.verify(None).await.unwrap();
     assert_eq!(report.first_broken_id, None, "{report:?}");
     drop(gw);
 }
@@ -1280,7 +1242,7 @@ async fn sqlite_on_a_full_disk_stays_unready_until_space_is_back_then_recovers()
     assert_eq!(create_instance(&gw, &gw.keys.admin, 500).await, 201);
     gw.gateway.audit.flush().await;
     let store = Store::open(&url).await.unwrap();
-    assert_eq!(store.verify().await.unwrap().first_broken_id, None);
+    assert_eq!(store.verify(None).await.unwrap().first_broken_id, None);
     let stored = store.page(&Default::default()).await.unwrap();
     assert!(
         stored.iter().all(|r| r.outcome.as_str() != "pending"),
@@ -1432,7 +1394,7 @@ async fn a_final_record_whose_commit_answer_was_lost_is_not_appended_twice() {
     gw.gateway.audit.flush().await;
 
     let store = Store::open(&direct).await.unwrap();
-    let report = store.verify().await.unwrap();
+    let report = store.verify(None).await.unwrap();
     assert!(report.ok && report.first_broken_id.is_none(), "{report:?}");
     let listed = records(&gw, "").await;
     let ids: Vec<_> = listed["records"]
@@ -1467,7 +1429,7 @@ async fn a_pending_record_whose_commit_answer_was_lost_is_finalised_as_refused()
     gw.gateway.audit.flush().await;
 
     let store = Store::open(&direct).await.unwrap();
-    let report = store.verify().await.unwrap();
+    let report = store.verify(None).await.unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!(report.pending, 0, "no record stays pending: {report:?}");
     let refused = records(&gw, &format!("request_id={}", rid(1))).await;

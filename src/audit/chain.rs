@@ -1,12 +1,14 @@
 //! The hash chain as the store holds it: where it ends (the next batch continues there), walking
-//! it to verify every hash, and pruning its start behind a checkpoint so the rest still verifies.
+//! it to verify every hash (and against signed checkpoints), signing its head, and pruning its
+//! start behind a checkpoint so the rest still verifies.
 
 use futures_util::StreamExt;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::record::{GENESIS_HASH, now_ts};
-use super::store::{COLUMNS, Store, decode};
+use super::store::{Backend, CHAIN_LOCK_KEY, COLUMNS, Store, decode};
+use crate::signed_checkpoint::{Checkpoint, Signer, check_sequence, parse_lines};
 
 /// Where the next batch continues: the highest id in use and the chain's last seq and hash.
 #[derive(Debug, Clone)]
@@ -24,7 +26,30 @@ pub struct VerifyReport {
     pub pending: u64,
     pub first_broken_id: Option<i64>,
     pub reason: Option<String>,
+    /// Where retention pruning cut the chain's start (its last pruned seq).
     pub checkpoint_seq: Option<i64>,
+    /// What the signed checkpoints vouched for, when verified against them.
+    pub signed_checkpoints: Option<SignedStatus>,
+}
+
+/// The signed checkpoints a verification held the store against.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SignedStatus {
+    /// Where they came from: the checkpoint file, or the database's copy.
+    pub source: String,
+    pub public_key: String,
+    pub count: usize,
+    /// The newest one: its number, the seq it covers and when it was signed.
+    pub latest: Option<i64>,
+    pub latest_seq: Option<i64>,
+    pub latest_ts: Option<String>,
+}
+
+/// Signed checkpoints from outside the store and the public key they must verify with.
+pub struct Anchors {
+    pub checkpoints: Vec<Checkpoint>,
+    pub public_key: String,
+    pub source: String,
 }
 
 impl Store {
@@ -35,37 +60,60 @@ impl Store {
         decode_tail(&row)
     }
 
-    /// Walks the chain in order and recomputes every hash.
-    pub async fn verify(&self) -> Result<VerifyReport, String> {
+    /// Walks the chain in order and recomputes every hash; with `anchors`, also holds the store
+    /// against signed checkpoints: every record they cover still has the hash they signed, none
+    /// they counted is gone from the start, the middle or the tail.
+    pub async fn verify(&self, anchors: Option<&Anchors>) -> Result<VerifyReport, String> {
         let err = |e: sqlx::Error| e.to_string();
-        let checkpoint = sqlx::query(
-            "SELECT last_seq, last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(err)?;
-        let (mut seq, mut prev) = match &checkpoint {
-            Some(row) => (
-                row.try_get::<i64, _>("last_seq").map_err(err)?,
-                row.try_get::<String, _>("last_hash").map_err(err)?,
-            ),
-            None => (0, GENESIS_HASH.to_string()),
-        };
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let pruned = pruned_start(&mut conn).await.map_err(err)?;
+        let (mut seq, mut prev) = pruned.clone().unwrap_or((0, GENESIS_HASH.to_string()));
         let mut report = VerifyReport {
             ok: true,
             checked: 0,
             pending: 0,
             first_broken_id: None,
             reason: None,
-            checkpoint_seq: checkpoint.as_ref().map(|_| seq),
+            checkpoint_seq: pruned.as_ref().map(|(seq, _)| *seq),
+            signed_checkpoints: anchors.map(|a| SignedStatus {
+                source: a.source.clone(),
+                public_key: a.public_key.clone(),
+                count: a.checkpoints.len(),
+                latest: a.checkpoints.last().map(|c| c.checkpoint),
+                latest_seq: a.checkpoints.last().map(|c| c.seq),
+                latest_ts: a.checkpoints.last().map(|c| c.ts.clone()),
+            }),
+        };
+        let fail = |mut report: VerifyReport, id: Option<i64>, reason: String| {
+            report.ok = false;
+            report.first_broken_id = id;
+            report.reason = Some(reason);
+            Ok(report)
         };
         let pending = sqlx::query("SELECT COUNT(*) AS n FROM audit_records WHERE seq IS NULL")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *conn)
             .await
             .map_err(err)?;
         report.pending = pending.try_get::<i64, _>("n").map_err(err)? as u64;
+        let latest = anchors.and_then(|a| a.checkpoints.last());
+        if let Some(anchors) = anchors {
+            if let Err(reason) = check_sequence(&anchors.checkpoints, &anchors.public_key) {
+                return fail(report, None, reason);
+            }
+            if let Some(latest) = latest
+                && let Some(reason) = start_differs(latest, seq, &prev)
+            {
+                return fail(report, None, reason);
+            }
+        }
+        let covered = |seq: i64| {
+            anchors
+                .into_iter()
+                .flat_map(|a| a.checkpoints.iter())
+                .filter(move |c| c.seq == seq)
+        };
         let sql = format!("SELECT {COLUMNS} FROM audit_records WHERE seq IS NOT NULL ORDER BY seq");
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&self.pool);
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
         while let Some(row) = rows.next().await {
             let record = decode(&row.map_err(err)?).map_err(err)?;
             let broken = if record.seq != Some(seq + 1) {
@@ -75,73 +123,292 @@ impl Store {
             } else if record.hash.as_deref() != Some(record.chain_hash(&prev).as_str()) {
                 Some("the record's content does not match its hash".to_string())
             } else {
-                None
+                covered(seq + 1)
+                    .find(|c| record.hash.as_deref() != Some(c.hash.as_str()))
+                    .map(|c| {
+                        format!(
+                            "record {} (seq {}) is not the record signed checkpoint {} covered \
+                             (its hash differs): it was changed, or records before it were \
+                             deleted or inserted, and the chain recomputed",
+                            record.id,
+                            seq + 1,
+                            c.checkpoint
+                        )
+                    })
             };
             if let Some(reason) = broken {
-                report.ok = false;
-                report.first_broken_id = Some(record.id);
-                report.reason = Some(reason);
-                return Ok(report);
+                return fail(report, Some(record.id), reason);
             }
             seq += 1;
             prev = record.hash.unwrap_or_default();
             report.checked += 1;
         }
+        if let Some(latest) = latest
+            && latest.seq > seq
+        {
+            let missing = latest.seq - seq;
+            return fail(
+                report,
+                None,
+                format!(
+                    "signed checkpoint {} ({}) counted records up to seq {}, but the store ends at \
+                     seq {seq}: {missing} records are missing from the tail",
+                    latest.checkpoint, latest.ts, latest.seq
+                ),
+            );
+        }
         Ok(report)
     }
 
-    /// Deletes finalised records older than `before` (an RFC 3339 timestamp) from the start of the
-    /// chain, and records a checkpoint with the last deleted record's hash so the rest verifies.
-    pub async fn prune(&self, before: &str) -> Result<u64, String> {
+    /// The signed checkpoints the database holds, oldest first.
+    pub async fn signed_checkpoints(&self) -> Result<Vec<Checkpoint>, String> {
+        let lines: Vec<String> =
+            sqlx::query_scalar("SELECT line FROM audit_signed_checkpoints ORDER BY checkpoint")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+        parse_lines(&lines.join("\n"))
+    }
+
+    /// The database's signed checkpoints after number `after`, as lines (for the checkpoint file).
+    pub async fn signed_lines_after(&self, after: i64) -> Result<Vec<String>, String> {
+        sqlx::query_scalar(
+            "SELECT line FROM audit_signed_checkpoints WHERE checkpoint > $1 ORDER BY checkpoint",
+        )
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// Signs the chain's head under the chain lock (replicas share one sequence), unless nothing
+    /// changed since the last checkpoint. Refuses, naming why, to sign a chain that no longer
+    /// holds what the last checkpoint signed.
+    pub async fn sign_checkpoint(&self, signer: &Signer) -> Result<Option<Checkpoint>, String> {
         let err = |e: sqlx::Error| e.to_string();
         let mut conn = self.pool.acquire().await.map_err(err)?;
-        let mut tx = self.begin(&mut conn).await.map_err(err)?;
-        // Only a prefix of the chain can go: up to the first record that is young enough to stay.
-        let stop = sqlx::query(
-            "SELECT MIN(seq) AS s FROM audit_records WHERE seq IS NOT NULL AND ts >= $1",
-        )
-        .bind(before)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(err)?;
-        let stop: Option<i64> = stop.try_get("s").map_err(err)?;
-        let last = sqlx::query(
-            "SELECT seq, hash FROM audit_records WHERE seq IS NOT NULL AND ts < $1 AND ($2 IS NULL OR seq < $2) \
-             ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(before)
-        .bind(stop)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(err)?;
-        let Some(last) = last else {
-            return Ok(0);
-        };
-        let (last_seq, last_hash): (i64, String) = (
-            last.try_get("seq").map_err(err)?,
-            last.try_get("hash").map_err(err)?,
-        );
-        let deleted = sqlx::query("DELETE FROM audit_records WHERE seq IS NOT NULL AND seq <= $1")
-            .bind(last_seq)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?
-            .rows_affected();
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (created_at, last_seq, last_hash, pruned_before, pruned_count) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(now_ts())
-        .bind(last_seq)
-        .bind(&last_hash)
-        .bind(before)
-        .bind(deleted as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
-        tx.commit().await.map_err(err)?;
-        Ok(deleted)
+        self.lock_chain(&mut conn).await.map_err(err)?;
+        match checkpoint_head(&mut conn, signer).await {
+            Ok(checkpoint) => {
+                Self::commit(&mut conn).await.map_err(err)?;
+                Ok(checkpoint)
+            }
+            Err(reason) => {
+                Self::rollback(&mut conn).await;
+                Err(reason)
+            }
+        }
     }
+
+    /// Deletes finalised records older than `before` (an RFC 3339 timestamp) from the start of the
+    /// chain, and records a checkpoint with the last deleted record's hash so the rest verifies;
+    /// with a `signer`, a signed checkpoint in the same transaction says where the cut is.
+    pub async fn prune(&self, before: &str, signer: Option<&Signer>) -> Result<u64, String> {
+        let err = |e: sqlx::Error| e.to_string();
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        self.lock_chain(&mut conn).await.map_err(err)?;
+        match prune_locked(&mut conn, before, signer).await {
+            Ok(deleted) => {
+                Self::commit(&mut conn).await.map_err(err)?;
+                Ok(deleted)
+            }
+            Err(reason) => {
+                Self::rollback(&mut conn).await;
+                Err(reason)
+            }
+        }
+    }
+
+    /// Opens a transaction that changes the chain and takes the chain lock: PostgreSQL's advisory
+    /// lock (the one the writers' appends take), SQLite's write lock from the start (a deferred
+    /// transaction could not take it after reading if a writer committed meanwhile).
+    async fn lock_chain(&self, conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+        let sql = match self.backend {
+            Backend::Postgres => {
+                format!("BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}) IS NULL")
+            }
+            Backend::Sqlite => "BEGIN IMMEDIATE".to_string(),
+        };
+        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await;
+        if result.is_err() {
+            Self::rollback(conn).await;
+        }
+        result.map(|_| ())
+    }
+}
+
+/// Why the store's start is not where the latest signed checkpoint says pruning cut the chain.
+fn start_differs(latest: &Checkpoint, start_seq: i64, start_hash: &str) -> Option<String> {
+    let n = latest.checkpoint;
+    if start_seq > latest.pruned_through {
+        Some(format!(
+            "the store starts after seq {start_seq}, but signed checkpoint {n} says only records up \
+             to seq {} were pruned: records were deleted from the start (and a pruning checkpoint \
+             forged)",
+            latest.pruned_through
+        ))
+    } else if start_seq < latest.pruned_through {
+        Some(format!(
+            "the store starts after seq {start_seq}, but signed checkpoint {n} says pruning cut the \
+             chain after seq {}: the store is not the one the checkpoints describe",
+            latest.pruned_through
+        ))
+    } else if start_hash != latest.pruned_hash {
+        Some(format!(
+            "the store's pruning checkpoint at seq {start_seq} does not carry the hash signed \
+             checkpoint {n} signed: it was forged"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The last pruned seq and its hash, when retention pruning has cut the chain.
+async fn pruned_start(
+    conn: &mut sqlx::AnyConnection,
+) -> Result<Option<(i64, String)>, sqlx::Error> {
+    let row =
+        sqlx::query("SELECT last_seq, last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
+    row.map(|row| Ok((row.try_get("last_seq")?, row.try_get("last_hash")?)))
+        .transpose()
+}
+
+/// Signs the chain's head inside a transaction holding the chain lock (see `sign_checkpoint`).
+async fn checkpoint_head(
+    conn: &mut sqlx::AnyConnection,
+    signer: &Signer,
+) -> Result<Option<Checkpoint>, String> {
+    let err = |e: sqlx::Error| e.to_string();
+    let last: Option<String> = sqlx::query_scalar(
+        "SELECT line FROM audit_signed_checkpoints ORDER BY checkpoint DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(err)?;
+    let last = last.map(|line| Checkpoint::parse(&line)).transpose()?;
+    let tail = Store::tail(conn).await.map_err(err)?;
+    let (pruned_through, pruned_hash) = pruned_start(conn)
+        .await
+        .map_err(err)?
+        .unwrap_or((0, GENESIS_HASH.to_string()));
+    match &last {
+        None if tail.seq == 0 => return Ok(None),
+        None => {}
+        Some(last) => {
+            if tail.seq < last.seq {
+                return Err(format!(
+                    "not signing: the chain ends at seq {}, before signed checkpoint {} (seq {}); \
+                     records were deleted from the store",
+                    tail.seq, last.checkpoint, last.seq
+                ));
+            }
+            if last.seq > pruned_through {
+                let hash: Option<String> =
+                    sqlx::query_scalar("SELECT hash FROM audit_records WHERE seq = $1")
+                        .bind(last.seq)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(err)?;
+                if hash.as_deref() != Some(last.hash.as_str()) {
+                    return Err(format!(
+                        "not signing: the record at seq {} no longer has the hash signed \
+                         checkpoint {} covered; the chain was rewritten",
+                        last.seq, last.checkpoint
+                    ));
+                }
+            }
+            if tail.seq == last.seq && pruned_through == last.pruned_through {
+                return Ok(None);
+            }
+        }
+    }
+    let count: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_records WHERE seq IS NOT NULL AND seq <= $1",
+    )
+    .bind(tail.seq)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(err)?;
+    let checkpoint = signer.sign(Checkpoint {
+        checkpoint: last.as_ref().map_or(1, |l| l.checkpoint + 1),
+        seq: tail.seq,
+        hash: tail.hash,
+        count,
+        pruned_through,
+        pruned_hash,
+        ts: now_ts(),
+        previous: last
+            .as_ref()
+            .map_or_else(|| GENESIS_HASH.to_string(), Checkpoint::digest),
+        key: String::new(),
+        signature: String::new(),
+    });
+    sqlx::query("INSERT INTO audit_signed_checkpoints (checkpoint, line) VALUES ($1, $2)")
+        .bind(checkpoint.checkpoint)
+        .bind(checkpoint.line())
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    Ok(Some(checkpoint))
+}
+
+/// Prunes inside a transaction holding the chain lock (see `Store::prune`).
+async fn prune_locked(
+    conn: &mut sqlx::AnyConnection,
+    before: &str,
+    signer: Option<&Signer>,
+) -> Result<u64, String> {
+    let err = |e: sqlx::Error| e.to_string();
+    // Only a prefix of the chain can go: up to the first record that is young enough to stay.
+    let stop =
+        sqlx::query("SELECT MIN(seq) AS s FROM audit_records WHERE seq IS NOT NULL AND ts >= $1")
+            .bind(before)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(err)?;
+    let stop: Option<i64> = stop.try_get("s").map_err(err)?;
+    let last = sqlx::query(
+        "SELECT seq, hash FROM audit_records WHERE seq IS NOT NULL AND ts < $1 AND ($2 IS NULL OR seq < $2) \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(before)
+    .bind(stop)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(err)?;
+    let Some(last) = last else {
+        return Ok(0);
+    };
+    let (last_seq, last_hash): (i64, String) = (
+        last.try_get("seq").map_err(err)?,
+        last.try_get("hash").map_err(err)?,
+    );
+    let deleted = sqlx::query("DELETE FROM audit_records WHERE seq IS NOT NULL AND seq <= $1")
+        .bind(last_seq)
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?
+        .rows_affected();
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (created_at, last_seq, last_hash, pruned_before, pruned_count) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(now_ts())
+    .bind(last_seq)
+    .bind(&last_hash)
+    .bind(before)
+    .bind(deleted as i64)
+    .execute(&mut *conn)
+    .await
+    .map_err(err)?;
+    if let Some(signer) = signer {
+        checkpoint_head(conn, signer).await?;
+    }
+    Ok(deleted)
 }
 
 /// The chain's tail (see `Store::tail`).

@@ -25,7 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::AuditConfig;
 use crate::error::GatewayError;
 use crate::request_id::RequestId;
+use crate::signed_checkpoint::{Checkpoint, CheckpointFile, Signer, parse_lines};
 use record::{AuditRecord, BodyPolicy, Outcome, millis, now_ts};
+use store::Anchors;
 use writer::{Health, Op};
 
 /// How many records may wait for the writer before callers wait too.
@@ -38,11 +40,27 @@ pub struct AuditLog {
     health: Health,
     ever_up: Arc<AtomicBool>,
     reader: tokio::sync::OnceCell<store::Store>,
+    checkpoints: Option<Checkpoints>,
+}
+
+/// Signing the chain's head, and the file each signed checkpoint is appended to.
+struct Checkpoints {
+    signer: Signer,
+    file: Option<tokio::sync::Mutex<CheckpointFile>>,
 }
 
 impl AuditLog {
     /// Starts the writer task on the current runtime; it opens the store (and keeps trying).
-    pub fn start(config: &AuditConfig) -> Self {
+    /// Fails when the checkpoint signing key cannot be read.
+    pub fn start(config: &AuditConfig) -> Result<Self, String> {
+        let checkpoints = match config.checkpoint_signer()? {
+            Some(signer) if config.enabled => Some(Checkpoints {
+                signer,
+                file: (!config.checkpoint_file.is_empty())
+                    .then(|| tokio::sync::Mutex::new(CheckpointFile::new(&config.checkpoint_file))),
+            }),
+            _ => None,
+        };
         let (ops, receiver) = mpsc::channel(QUEUE);
         let health: Health = Arc::new(RwLock::new(Err("the audit store is being opened".into())));
         let ever_up = Arc::new(AtomicBool::new(false));
@@ -55,7 +73,7 @@ impl AuditLog {
                 Duration::from_millis(config.write_timeout_ms),
             ));
         }
-        Self {
+        Ok(Self {
             config: config.clone(),
             bodies: Arc::new(BodyPolicy::new(
                 &redacted_keys(config),
@@ -66,7 +84,77 @@ impl AuditLog {
             health,
             ever_up,
             reader: tokio::sync::OnceCell::new(),
+            checkpoints,
+        })
+    }
+
+    /// The key that signs checkpoints, when checkpoints are on.
+    pub fn signer(&self) -> Option<&Signer> {
+        self.checkpoints.as_ref().map(|c| &c.signer)
+    }
+
+    /// How often a checkpoint is signed, when checkpoints are on.
+    pub fn checkpoint_every(&self) -> Option<Duration> {
+        self.checkpoints
+            .as_ref()
+            .map(|_| Duration::from_secs(self.config.checkpoint_secs))
+    }
+
+    /// Signs a checkpoint of the chain's head (none when nothing changed since the last one),
+    /// logs it, and appends to the checkpoint file every signed checkpoint it lacks (replicas
+    /// share one sequence, so each file holds all of them).
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, String> {
+        let Some(checkpoints) = &self.checkpoints else {
+            return Ok(None);
+        };
+        self.flush().await;
+        let store = self.reader().await?;
+        let signed = store.sign_checkpoint(&checkpoints.signer).await?;
+        if let Some(checkpoint) = &signed {
+            tracing::info!(
+                target: "audit_checkpoint",
+                checkpoint = %checkpoint.line(),
+                "audit checkpoint signed"
+            );
         }
+        if let Some(file) = &checkpoints.file {
+            let mut file = file.lock().await;
+            let after = file.last_number().await?;
+            let lines = store.signed_lines_after(after).await?;
+            file.append(&lines).await?;
+        }
+        Ok(signed)
+    }
+
+    /// What the gateway verifies the store against: its checkpoint file when it writes one (out
+    /// of the database administrator's reach), else the database's copy; none without a key.
+    pub async fn anchors(&self) -> Result<Option<Anchors>, String> {
+        let Some(checkpoints) = &self.checkpoints else {
+            return Ok(None);
+        };
+        let (list, source) = match &checkpoints.file {
+            Some(file) => {
+                let path = file.lock().await.path().to_string();
+                let text = match tokio::fs::read_to_string(&path).await {
+                    Ok(text) => text,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                    Err(e) => return Err(format!("cannot read the checkpoint file {path}: {e}")),
+                };
+                (
+                    parse_lines(&text).map_err(|e| format!("{path}: {e}"))?,
+                    path,
+                )
+            }
+            None => (
+                self.reader().await?.signed_checkpoints().await?,
+                "the database".to_string(),
+            ),
+        };
+        Ok(Some(Anchors {
+            checkpoints: list,
+            public_key: checkpoints.signer.public_key().to_string(),
+            source,
+        }))
     }
 
     /// The store for queries and verification (opened on first use).

@@ -472,6 +472,48 @@ pub async fn fresh_postgres_url() -> Option<String> {
     ))
 }
 
+/// The audit store's two backends, for tests run on both.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty audit database of `backend`, or None (announced) when it is not available.
+pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<String> {
+    match backend {
+        Backend::Sqlite => Some(format!(
+            "sqlite://{}/audit-{}.db",
+            dir.display(),
+            uuid::Uuid::new_v4()
+        )),
+        Backend::Postgres => {
+            let url = fresh_postgres_url().await;
+            if url.is_none() {
+                announce_skip(
+                    "the PostgreSQL audit tests",
+                    "GATEWAY_TEST_POSTGRES_URL is not set",
+                );
+            }
+            url
+        }
+    }
+}
+
+/// Waits until the gateway's audit store is writable (at most 5 s).
+pub async fn wait_ready(gw: &TestGateway) {
+    for _ in 0..100 {
+        if gw.gateway.audit.health().is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the audit store never became writable: {:?}",
+        gw.gateway.audit.health()
+    );
+}
+
 /// A private PostgreSQL server (its own data directory and port), so a test can freeze it with
 /// SIGSTOP or stop it without touching the machine's. Needs the Debian server binaries and root
 /// (the server runs as the `postgres` user).

@@ -20,7 +20,7 @@ use super::record::{AuditRecord, Outcome};
 /// The PostgreSQL advisory lock key that serialises chain appends across replicas.
 pub(super) const CHAIN_LOCK_KEY: i64 = 0x636f_6e74_6162_6f00; // "contabo\0"
 
-pub use super::chain::{ChainTail, VerifyReport};
+pub use super::chain::{Anchors, ChainTail, SignedStatus, VerifyReport};
 pub use super::lock::WriterClaim;
 pub use crate::config::{DatabaseBackend as Backend, database_backend as backend_of};
 
@@ -108,22 +108,6 @@ impl Store {
         }
         sqlx::query("SELECT 1").execute(&mut *conn).await?;
         Ok(())
-    }
-
-    /// A transaction that changes the chain (pruning its start): on PostgreSQL under the same
-    /// advisory lock as the writers' appends.
-    pub async fn begin<'c>(
-        &self,
-        conn: &'c mut sqlx::AnyConnection,
-    ) -> Result<sqlx::Transaction<'c, sqlx::Any>, sqlx::Error> {
-        let mut tx = sqlx::Connection::begin(conn).await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(CHAIN_LOCK_KEY)
-                .execute(&mut *tx)
-                .await?;
-        }
-        Ok(tx)
     }
 
     /// Ends a transaction opened by `begin_append_postgres`: commits, or rolls back on failure.
