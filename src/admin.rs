@@ -232,6 +232,11 @@ pub async fn audit_query(
             return GatewayError::AuditUnavailable(reason).into_response_with(&request_id);
         }
     };
+    if filter.follow {
+        let stopping = gw.stopping.subscribe();
+        let body = axum::body::Body::from_stream(follow(store, filter, stopping));
+        return ([(http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
+    }
     match filter.limit {
         Some(limit) => {
             let mut records = match store.page(&filter).await {
@@ -275,6 +280,45 @@ pub async fn audit_query(
             ([(http::header::CONTENT_TYPE, content_type)], body).into_response()
         }
     }
+}
+
+/// How often a follow stream looks for newly finalised records (every replica's, on PostgreSQL).
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `follow=true`: every finalised record after the cursor in chain order, then each one as it is
+/// finalised, until the caller leaves or the gateway stops. A store failure ends the stream (the
+/// caller resumes with the last `seq` it received as `cursor`).
+fn follow(
+    store: crate::audit::store::Store,
+    filter: Filter,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures_util::stream::unfold(Some(filter), move |state| {
+        let store = store.clone();
+        let mut stopping = stopping.clone();
+        async move {
+            let mut filter = state?;
+            filter.limit = Some(query::MAX_LIMIT);
+            loop {
+                if *stopping.borrow() {
+                    return None;
+                }
+                let mut records = match store.page(&filter).await {
+                    Ok(records) => records,
+                    Err(e) => return Some((Err(std::io::Error::other(e)), None)),
+                };
+                records.truncate(query::MAX_LIMIT as usize);
+                if let Some(last) = records.last() {
+                    filter.after_seq = last.seq;
+                    return Some((Ok(bytes::Bytes::from(ndjson(&records))), Some(filter)));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                    _ = stopping.wait_for(|stopping| *stopping) => return None,
+                }
+            }
+        }
+    })
 }
 
 fn ndjson(records: &[AuditRecord]) -> Vec<u8> {

@@ -332,6 +332,7 @@ async fn serve_workers(
         workers.push(worker);
     }
     shutdown.await;
+    gateway.stopping.send_replace(true);
     let _ = stop_tx.send(true);
     let joined = tokio::task::spawn_blocking(move || {
         workers

@@ -48,6 +48,9 @@ pub struct Gateway {
     pub trusted_proxies: TrustedProxies,
     /// TLS on the API listener, when `server.tls_cert_file` is set; reloaded with the teams.
     pub tls: Option<Arc<Tls>>,
+    /// Turns true when the server stops accepting calls: open-ended answers (an audit follow
+    /// stream) end then instead of holding the drain up.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -63,6 +66,7 @@ impl Gateway {
         let tls = Tls::from_settings(&config.server)?;
         Ok(Self {
             tls,
+            stopping: tokio::sync::watch::Sender::new(false),
             team_tokens,
             trusted_proxies,
             audit: AuditLog::start(&config.audit)?,

@@ -81,6 +81,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     every_mutating_call_is_audited_with_its_client_and_request_id,
+    a_follow_stream_sends_records_as_they_are_written_and_resumes_from_its_cursor,
     refused_calls_are_recorded_as_rejected,
     secrets_are_never_stored,
     secret_fields_query_parameters_and_user_data_stay_out_of_the_store_and_exports,
@@ -1436,4 +1437,80 @@ async fn a_pending_record_whose_commit_answer_was_lost_is_finalised_as_refused()
     let refused = &refused["records"][0];
     assert_eq!(refused["outcome"], "rejected", "{refused}");
     assert_eq!(refused["status"], 503, "{refused}");
+}
+
+/// Reads NDJSON records from a follow stream until `count` have arrived (at most 5 s).
+async fn follow_records(stream: &mut reqwest::Response, count: usize) -> Vec<serde_json::Value> {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while text.lines().count() < count {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .expect("the follow stream sent the records within 5 s")
+            .unwrap()
+            .expect("the follow stream stays open");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+async fn a_follow_stream_sends_records_as_they_are_written_and_resumes_from_its_cursor(
+    backend: Backend,
+) {
+    let Some((mut gw, _url)) = gateway(backend, |_| {}).await else {
+        return;
+    };
+    for n in 1..=2 {
+        create_instance(&gw, &gw.keys.operator, n).await;
+    }
+    let follow = |query: &str| {
+        gw.get(
+            &format!("/_gateway/audit?format=ndjson&follow=true{query}"),
+            &gw.keys.auditor,
+        )
+        .send()
+    };
+    let mut stream = follow("").await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let seqs = |records: &[serde_json::Value]| {
+        records
+            .iter()
+            .map(|r| r["seq"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seqs(&follow_records(&mut stream, 2).await), [1, 2]);
+    // Written after the stream connected: they arrive on it.
+    for n in 3..=4 {
+        create_instance(&gw, &gw.keys.operator, n).await;
+    }
+    let records = follow_records(&mut stream, 2).await;
+    assert_eq!(seqs(&records), [3, 4]);
+    assert_eq!(records[1]["request_id"], rid(4));
+    // Resumed from the last seq received.
+    let mut resumed = follow("&cursor=3").await.unwrap();
+    assert_eq!(seqs(&follow_records(&mut resumed, 1).await), [4]);
+    // Only NDJSON follows.
+    let refused = follow("&format=json").await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let body = json(refused).await;
+    assert!(
+        body["message"].as_str().unwrap().contains("format=ndjson"),
+        "{body}"
+    );
+    // The gateway stopping ends the stream instead of holding its drain up.
+    let started = std::time::Instant::now();
+    let server = gw.stop();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "the follow stream ended at shutdown");
+    server.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -30,6 +30,10 @@ pub struct Filter {
     pub after_id: Option<i64>,
     /// None: every matching record (streamed exports).
     pub limit: Option<i64>,
+    /// Finalised records after this chain position, in chain order (a follow stream's cursor).
+    pub after_seq: Option<i64>,
+    /// Keep the answer open and send each record as it is finalised (`follow=true`).
+    pub follow: bool,
 }
 
 pub enum Bind {
@@ -83,6 +87,13 @@ impl Filter {
                 "since" => filter.since = Some(parse_time("since", value)?),
                 "until" => filter.until = Some(parse_time("until", value)?),
                 "request_id" => filter.request_id = Some(value.into()),
+                "follow" if paginate => {
+                    filter.follow = match value {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(format!("follow = {value:?} must be true or false")),
+                    }
+                }
                 "cursor" => {
                     filter.after_id = Some(value.parse::<i64>().map_err(|_| {
                         format!("cursor = {value:?} is not a cursor; pass the next_cursor of the previous page")
@@ -106,10 +117,22 @@ impl Filter {
                 other => {
                     return Err(format!(
                         "unknown filter {other:?}; filters are client, method, path_prefix, status, outcome, \
-                         since, until, request_id, cursor, limit, format"
+                         since, until, request_id, cursor, limit, format, follow"
                     ));
                 }
             }
+        }
+        if filter.follow {
+            if format != Format::Ndjson || filter.limit.is_some() {
+                return Err(
+                    "follow=true streams every record as it is finalised: use it with \
+                            format=ndjson and without limit"
+                        .into(),
+                );
+            }
+            // A follow stream runs in chain order: its cursor is the `seq` of the last record
+            // received, so no record finalised later under a lower id is passed over.
+            filter.after_seq = Some(filter.after_id.take().unwrap_or(0));
         }
         if paginate && filter.limit.is_none() && format == Format::Json {
             filter.limit = Some(DEFAULT_LIMIT);
@@ -156,7 +179,12 @@ impl Filter {
         if let Some(v) = self.after_id {
             push(&mut sql, " AND id > ?", Bind::Int(v));
         }
-        sql.push_str(" ORDER BY id");
+        if let Some(v) = self.after_seq {
+            push(&mut sql, " AND seq IS NOT NULL AND seq > ?", Bind::Int(v));
+            sql.push_str(" ORDER BY seq");
+        } else {
+            sql.push_str(" ORDER BY id");
+        }
         if let Some(limit) = self.limit {
             // One more than asked, to know whether there is a next page.
             push(&mut sql, " LIMIT ?", Bind::Int(limit + 1));
