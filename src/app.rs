@@ -588,7 +588,13 @@ fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle
                 match gateway.audit.reader().await {
                     Ok(store) => match store.prune(&before, gateway.audit.signer()).await {
                         Ok(0) => {}
-                        Ok(n) => tracing::info!(pruned = n, %before, "audit retention: records pruned, checkpoint written"),
+                        Ok(n) => {
+                            tracing::info!(pruned = n, %before, "audit retention: records pruned, checkpoint written");
+                            // The pruning's signed checkpoint goes to the checkpoint file now.
+                            if let Err(reason) = gateway.audit.checkpoint().await {
+                                tracing::error!(%reason, "the audit checkpoint failed");
+                            }
+                        }
                         Err(reason) => tracing::error!(%reason, "audit retention pruning failed"),
                     },
                     Err(reason) => tracing::error!(%reason, "audit retention pruning failed"),

@@ -2,6 +2,7 @@
 //! e.g. postgres://postgres@127.0.0.1:5432/test; .ci/run sets it). Each Postgres test works in a
 //! schema of its own.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -66,17 +67,6 @@ async fn create_instance(gw: &TestGateway, key: &str, n: u32) -> u16 {
 
 fn rid(n: u32) -> String {
     format!("00000000-0000-4000-8000-{n:012}")
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
 }
 
 on_both_backends!(

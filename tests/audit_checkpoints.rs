@@ -3,12 +3,12 @@
 //! deleted prefix behind a forged pruning checkpoint are each caught by `audit verify` holding only
 //! the public key and the checkpoint file, on both backends; a clean (and a pruned) log verifies.
 
+#[macro_use]
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use common::{Backend, TestGateway, fresh_database, start_with, wait_ready};
+use common::{Backend, TestGateway, cli, fresh_database, start_with, wait_ready};
 use contabo_gateway::audit::record::GENESIS_HASH;
 use contabo_gateway::audit::store::Store;
 use contabo_gateway::sandbox::SandboxOptions;
@@ -22,20 +22,6 @@ struct Signed {
     checkpoints: PathBuf,
     public_key: String,
     _dir: tempfile::TempDir,
-}
-
-fn cli(args: &[&str], database_url: &str) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_contabo-gateway"))
-        .args(args)
-        .env("GATEWAY_DATABASE_URL", database_url)
-        .env_remove("GATEWAY_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 async fn signed_gateway(backend: Backend) -> Option<Signed> {
@@ -331,17 +317,6 @@ async fn a_broken_checkpoint_file_or_another_key_is_caught(backend: Backend) {
             .contains("missing from the tail"),
         "{report}"
     );
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
 }
 
 on_both_backends!(

@@ -3,27 +3,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{GatewayProcess, admin_client_block, http, spawn_gateway_process};
+use common::{GatewayProcess, admin_client_block, cli, http, spawn_gateway_process};
 use contabo_gateway::audit::store::Store;
 use contabo_gateway::sandbox::{Sandbox, SandboxOptions};
-
-fn cli(args: &[&str], database_url: &str) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_contabo-gateway"))
-        .args(args)
-        .env("GATEWAY_DATABASE_URL", database_url)
-        .env_remove("GATEWAY_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 async fn post(url: &str, key: &str, request_id: &str) -> reqwest::Response {
     http()

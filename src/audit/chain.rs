@@ -7,7 +7,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::record::{GENESIS_HASH, now_ts};
-use super::store::{Backend, CHAIN_LOCK_KEY, COLUMNS, Store, decode};
+use super::store::{COLUMNS, Store, decode};
 use crate::signed_checkpoint::{Checkpoint, Signer, check_sequence, parse_lines};
 
 /// Where the next batch continues: the highest id in use and the chain's last seq and hash.
@@ -217,25 +217,6 @@ impl Store {
                 Err(reason)
             }
         }
-    }
-
-    /// Opens a transaction that changes the chain and takes the chain lock: PostgreSQL's advisory
-    /// lock (the one the writers' appends take), SQLite's write lock from the start (a deferred
-    /// transaction could not take it after reading if a writer committed meanwhile).
-    async fn lock_chain(&self, conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
-        let sql = match self.backend {
-            Backend::Postgres => {
-                format!("BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}) IS NULL")
-            }
-            Backend::Sqlite => "BEGIN IMMEDIATE".to_string(),
-        };
-        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *conn)
-            .await;
-        if result.is_err() {
-            Self::rollback(conn).await;
-        }
-        result.map(|_| ())
     }
 }
 

@@ -472,6 +472,36 @@ pub async fn fresh_postgres_url() -> Option<String> {
     ))
 }
 
+/// `contabo-gateway ARGS` with its audit store at `database_url` and no config from the test's
+/// environment: whether it succeeded, its stdout and its stderr.
+pub fn cli(args: &[&str], database_url: &str) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_contabo-gateway"))
+        .args(args)
+        .env("GATEWAY_DATABASE_URL", database_url)
+        .env_remove("GATEWAY_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One `#[tokio::test]` per backend for each named `async fn(Backend)`, in modules `sqlite` and
+/// `postgres` (the test file brings `Backend` into scope).
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+    };
+}
+
 /// The audit store's two backends, for tests run on both.
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {

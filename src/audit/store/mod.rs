@@ -110,7 +110,8 @@ impl Store {
         Ok(())
     }
 
-    /// Ends a transaction opened by `begin_append_postgres`: commits, or rolls back on failure.
+    /// Ends a transaction opened by `begin_append_postgres` or `lock_chain`: commits, or rolls
+    /// back on failure.
     pub async fn commit(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
         let result = sqlx::query("COMMIT").execute(&mut *conn).await;
         if result.is_err() {
@@ -129,11 +130,22 @@ impl Store {
     /// chain lock (PostgreSQL) or the file's write lock (SQLite). Taking that lock once means the
     /// earlier batch has either committed or rolled back, so what the store holds is final.
     pub async fn settle(&self, conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+        self.lock_chain(conn).await?;
+        Self::commit(conn).await
+    }
+
+    /// Opens a transaction that changes the chain and takes the chain lock: PostgreSQL's advisory
+    /// lock (the one the writers' appends take), SQLite's write lock from the start (a deferred
+    /// transaction could not take it after reading if a writer committed meanwhile).
+    pub(in crate::audit) async fn lock_chain(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+    ) -> Result<(), sqlx::Error> {
         let sql = match self.backend {
             Backend::Postgres => {
-                format!("BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}) IS NULL; COMMIT")
+                format!("BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}) IS NULL")
             }
-            Backend::Sqlite => "BEGIN IMMEDIATE; COMMIT".to_string(),
+            Backend::Sqlite => "BEGIN IMMEDIATE".to_string(),
         };
         let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut *conn)
