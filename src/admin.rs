@@ -17,8 +17,10 @@ use http::request::Parts;
 use serde_json::json;
 
 use crate::audit::query::{self, Filter, Format, csv_line};
+use crate::audit::reconcile;
 use crate::audit::record::AuditRecord;
-use crate::clients::Role;
+use crate::audit::store::Store;
+use crate::clients::{Client, Role};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::pipeline::identify;
@@ -94,11 +96,15 @@ pub async fn ready(
 }
 
 /// An admin caller: extracting it refuses every other caller (401/403 JSON).
-pub struct Admin;
+pub struct Admin {
+    request_id: RequestId,
+    client: Arc<Client>,
+}
 
 /// A caller who may read the audit log (auditor or admin), with the request id of the call.
 pub struct AuditReader {
     request_id: RequestId,
+    client: Arc<Client>,
 }
 
 /// Why a caller may not use a gateway endpoint, answered as the usual JSON error.
@@ -114,7 +120,7 @@ impl FromRequestParts<Arc<Gateway>> for Admin {
     type Rejection = Refusal;
 
     async fn from_request_parts(parts: &mut Parts, gw: &Arc<Gateway>) -> Result<Self, Refusal> {
-        permit(parts, gw, &[Role::Admin]).map(|_| Admin)
+        permit(parts, gw, &[Role::Admin]).map(|(request_id, client)| Admin { request_id, client })
     }
 }
 
@@ -123,12 +129,17 @@ impl FromRequestParts<Arc<Gateway>> for AuditReader {
 
     async fn from_request_parts(parts: &mut Parts, gw: &Arc<Gateway>) -> Result<Self, Refusal> {
         permit(parts, gw, &[Role::Auditor, Role::Admin])
-            .map(|request_id| AuditReader { request_id })
+            .map(|(request_id, client)| AuditReader { request_id, client })
     }
 }
 
-/// The call's request id when the caller's role is one of `roles`, the refusal otherwise.
-fn permit(parts: &Parts, gw: &Gateway, roles: &[Role]) -> Result<RequestId, Refusal> {
+/// The call's request id and the caller's team when its role is one of `roles`, the refusal
+/// otherwise.
+fn permit(
+    parts: &Parts,
+    gw: &Gateway,
+    roles: &[Role],
+) -> Result<(RequestId, Arc<Client>), Refusal> {
     let request_id = RequestId::of_call(&parts.extensions, &parts.headers);
     let address = parts
         .extensions
@@ -136,7 +147,7 @@ fn permit(parts: &Parts, gw: &Gateway, roles: &[Role]) -> Result<RequestId, Refu
         .map(|a| a.0.ip());
     let certificate = parts.extensions.get::<crate::gateway::ClientCertificate>();
     let error = match identify(gw, &parts.headers, address, certificate) {
-        Ok(client) if roles.contains(&client.role) => return Ok(request_id),
+        Ok(client) if roles.contains(&client.role) => return Ok((request_id, client)),
         Ok(client) => GatewayError::Forbidden {
             role: client.role.as_str(),
             method: parts.method.to_string(),
@@ -208,11 +219,21 @@ pub async fn cache_purge(State(gw): State<Arc<Gateway>>, _: Admin) -> Response {
     Json(json!({"purged": true})).into_response()
 }
 
+/// The audit store as it stands after every call answered so far (read your writes: a call's
+/// final record is queued, not awaited), or the 503 that says why it cannot be read.
+async fn settled_store(gw: &Gateway, request_id: &RequestId) -> Result<Store, Response> {
+    gw.audit.flush().await;
+    match gw.audit.reader().await {
+        Ok(store) => Ok(store.clone()),
+        Err(reason) => Err(GatewayError::AuditUnavailable(reason).into_response_with(request_id)),
+    }
+}
+
 /// Auditors and admins: audit records matching the filters, as JSON (paginated), CSV or NDJSON
 /// (streamed when no limit is given).
 pub async fn audit_query(
     State(gw): State<Arc<Gateway>>,
-    AuditReader { request_id }: AuditReader,
+    AuditReader { request_id, .. }: AuditReader,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let (filter, format) = match Filter::from_params(&params, true) {
@@ -223,14 +244,9 @@ pub async fn audit_query(
         }
         Err(message) => return GatewayError::BadRequest(message).into_response_with(&request_id),
     };
-    // Read your writes: records of calls answered before this query may still wait in the
-    // writer's queue (a call's final record is queued, not awaited).
-    gw.audit.flush().await;
-    let store = match gw.audit.reader().await {
-        Ok(store) => store.clone(),
-        Err(reason) => {
-            return GatewayError::AuditUnavailable(reason).into_response_with(&request_id);
-        }
+    let store = match settled_store(&gw, &request_id).await {
+        Ok(store) => store,
+        Err(refusal) => return refusal,
     };
     if filter.follow {
         let stopping = gw.stopping.subscribe();
@@ -289,7 +305,7 @@ const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// finalised, until the caller leaves or the gateway stops. A store failure ends the stream (the
 /// caller resumes with the last `seq` it received as `cursor`).
 fn follow(
-    store: crate::audit::store::Store,
+    store: Store,
     filter: Filter,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
@@ -330,7 +346,7 @@ fn ndjson(records: &[AuditRecord]) -> Vec<u8> {
 
 /// Every matching record as CSV (with its header) or NDJSON, in pages of 1000 by id.
 fn export(
-    store: crate::audit::store::Store,
+    store: Store,
     filter: Filter,
     format: Format,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
@@ -362,7 +378,7 @@ fn export(
 /// file when one is written, else the database's copy).
 pub async fn audit_verify(
     State(gw): State<Arc<Gateway>>,
-    AuditReader { request_id }: AuditReader,
+    AuditReader { request_id, .. }: AuditReader,
 ) -> Response {
     // The chain as it stands after every call answered so far.
     gw.audit.flush().await;
@@ -381,5 +397,166 @@ pub async fn audit_verify(
             (status, Json(report)).into_response()
         }
         Err(reason) => GatewayError::AuditUnavailable(reason).into_response_with(&request_id),
+    }
+}
+
+/// Auditors and admins: whose key this is (the console shows it, and offers admins Contabo's side
+/// of a request id).
+pub async fn audit_whoami(AuditReader { client, .. }: AuditReader) -> Response {
+    Json(json!({"client": &*client.name, "role": client.role.as_str()})).into_response()
+}
+
+/// Hours the activity chart may span at most (a week).
+const MAX_ACTIVITY_HOURS: i64 = 168;
+
+/// Auditors and admins: audited calls and refusals per team and UTC hour over the last `hours`
+/// (default 24, the current hour included), zeros filled in:
+/// `{"hours": ["2026-12-03T10", ...], "teams": [{"client", "calls": [..], "refusals": [..]}]}`.
+pub async fn audit_activity(
+    State(gw): State<Arc<Gateway>>,
+    AuditReader { request_id, .. }: AuditReader,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let mut hours = 24;
+    for (name, value) in &params {
+        match name.as_str() {
+            "hours" => match value.parse::<i64>() {
+                Ok(h) if (1..=MAX_ACTIVITY_HOURS).contains(&h) => hours = h,
+                _ => {
+                    return GatewayError::BadRequest(format!(
+                        "hours = {value:?} must be a number from 1 to {MAX_ACTIVITY_HOURS}"
+                    ))
+                    .into_response_with(&request_id);
+                }
+            },
+            other => {
+                return GatewayError::BadRequest(format!(
+                    "unknown parameter {other:?}; the only parameter is hours"
+                ))
+                .into_response_with(&request_id);
+            }
+        }
+    }
+    let now = chrono::Utc::now();
+    let this_hour = now.timestamp() - now.timestamp() % 3600;
+    let labels: Vec<String> = (0..hours)
+        .map(|back| {
+            chrono::DateTime::from_timestamp(this_hour - (hours - 1 - back) * 3600, 0)
+                .unwrap_or_default()
+                .format("%Y-%m-%dT%H")
+                .to_string()
+        })
+        .collect();
+    let since = format!("{}:00:00.000Z", labels[0]);
+    let rows = match settled_store(&gw, &request_id).await {
+        Ok(store) => store.activity(&since).await,
+        Err(refusal) => return refusal,
+    };
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(reason) => {
+            return GatewayError::AuditUnavailable(reason).into_response_with(&request_id);
+        }
+    };
+    let mut teams: Vec<(String, Vec<i64>, Vec<i64>)> = Vec::new();
+    for row in rows {
+        let Some(at) = labels.iter().position(|h| *h == row.hour) else {
+            continue;
+        };
+        if teams.last().is_none_or(|t| t.0 != row.client) {
+            let zeros = vec![0; labels.len()];
+            teams.push((row.client.clone(), zeros.clone(), zeros));
+        }
+        let team = teams.last_mut().expect("pushed above");
+        team.1[at] += row.calls;
+        team.2[at] += row.refusals;
+    }
+    let teams: Vec<_> = teams
+        .into_iter()
+        .map(|(client, calls, refusals)| json!({"client": client, "calls": calls, "refusals": refusals}))
+        .collect();
+    Json(json!({"hours": labels, "teams": teams})).into_response()
+}
+
+/// How long an admin's look into Contabo's audit waits for the upstream budget per call.
+const CONTABO_AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits for one call's worth of the upstream budget in `team`'s lane: Contabo's audit is read
+/// with the shared credential, so it counts against the same limit as every team's calls.
+fn paced(
+    gw: &Gateway,
+    team: Arc<str>,
+) -> impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+{
+    let budget = gw.limits.budget().clone();
+    move || {
+        let budget = budget.clone();
+        let team = team.clone();
+        Box::pin(async move {
+            budget
+                .acquire(&team, 1, std::time::Instant::now() + CONTABO_AUDIT_WAIT)
+                .await
+                .map_err(|wait| {
+                    format!(
+                        "the upstream budget is spent; try again in {:.0} s",
+                        wait.as_secs_f64().ceil()
+                    )
+                })
+        })
+    }
+}
+
+/// Admins: the rows of Contabo's own audit for one request id (`?request_id=`), read through
+/// every audit endpoint of the spec; endpoints Contabo would not list are named in `skipped`.
+pub async fn audit_contabo(
+    State(gw): State<Arc<Gateway>>,
+    Admin { request_id, client }: Admin,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let wanted = match params.get("request_id").map(|v| v.trim()) {
+        Some(id) if params.len() == 1 && !id.is_empty() && id.len() <= 200 => id.to_string(),
+        _ => {
+            return GatewayError::BadRequest(
+                "give exactly one parameter, request_id (the x-request-id to look up), e.g. \
+                 ?request_id=0b3f5a52-1c6e-4a7e-9a7d-2f0f4b8f9e11"
+                    .into(),
+            )
+            .into_response_with(&request_id);
+        }
+    };
+    let pace = paced(&gw, client.name.clone());
+    match reconcile::request_trail(&gw.upstream, &wanted, pace).await {
+        Ok(trail) => Json(trail).into_response(),
+        Err(reason) => GatewayError::UpstreamUnreachable(reason).into_response_with(&request_id),
+    }
+}
+
+/// Admins: `audit reconcile` over HTTP: changes in Contabo's audit since `?since=` (RFC 3339 or
+/// epoch seconds) whose request id has no gateway record.
+pub async fn audit_reconcile(
+    State(gw): State<Arc<Gateway>>,
+    Admin { request_id, client }: Admin,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let since = match params.get("since") {
+        Some(since) if params.len() == 1 => query::parse_time("since", since.trim()),
+        _ => Err(
+            "give exactly one parameter, since (RFC 3339 or epoch seconds), e.g. \
+             ?since=2026-12-01T00:00:00Z"
+                .into(),
+        ),
+    };
+    let since = match since {
+        Ok(since) => since,
+        Err(message) => return GatewayError::BadRequest(message).into_response_with(&request_id),
+    };
+    let store = match settled_store(&gw, &request_id).await {
+        Ok(store) => store,
+        Err(refusal) => return refusal,
+    };
+    let pace = paced(&gw, client.name.clone());
+    match reconcile::reconcile(&gw.upstream, &store, &since, pace).await {
+        Ok(report) => Json(report).into_response(),
+        Err(reason) => GatewayError::UpstreamUnreachable(reason).into_response_with(&request_id),
     }
 }

@@ -24,7 +24,7 @@ use crate::connection::{AcceptErrors, Activity, Limits, Watched};
 use crate::error::GatewayError;
 use crate::gateway::{ClientAddr, ClientCertificate, Gateway};
 use crate::request_id::{Origin, RequestId};
-use crate::{admin, pipeline, token_endpoint};
+use crate::{admin, console, pipeline, token_endpoint};
 
 /// What one listener serves: everything (no `server.admin_listen`), or with an admin listener the
 /// API (Contabo calls and the token endpoint) on `server.listen` and the gateway's own endpoints
@@ -61,6 +61,13 @@ pub fn router(gateway: Arc<Gateway>, surface: Surface) -> Router {
             .route("/_gateway/metrics", get(admin::metrics))
             .route("/_gateway/audit", get(admin::audit_query))
             .route("/_gateway/audit/verify", get(admin::audit_verify))
+            .route("/_gateway/audit/whoami", get(admin::audit_whoami))
+            .route("/_gateway/audit/activity", get(admin::audit_activity))
+            .route("/_gateway/audit/contabo", get(admin::audit_contabo))
+            .route("/_gateway/audit/reconcile", get(admin::audit_reconcile))
+            .route("/_gateway/console", get(console::page))
+            .route("/_gateway/console/console.js", get(console::script))
+            .route("/_gateway/console/console.css", get(console::style))
             .route(
                 "/_gateway/cache",
                 get(admin::cache_stats).delete(admin::cache_purge),

@@ -14,6 +14,7 @@ pub mod client_address;
 pub mod clients;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod error;
 pub mod gateway;
 pub mod metrics;

@@ -81,6 +81,7 @@ on_both_backends!(
     verify_passes_and_finds_a_tampered_row,
     an_unwritable_store_refuses_mutating_calls_and_recovers,
     reconcile_finds_a_change_made_around_the_gateway,
+    activity_counts_calls_and_refusals_per_team_and_hour,
 );
 
 async fn every_mutating_call_is_audited_with_its_client_and_request_id(backend: Backend) {
@@ -847,22 +848,17 @@ async fn reconcile_finds_a_change_made_around_the_gateway(backend: Backend) {
         &rid(1),
     )
     .await;
-    // A change made directly against "Contabo", with a token of its own.
-    let (token, _) = gw.sandbox().issue_tokens();
-    let direct = http()
-        .patch(format!("{}/v1/users/{user}", gw.sandbox.api_url()))
-        .bearer_auth(token)
-        .header("x-request-id", rid(2))
-        .json(&serde_json::json!({"firstName": "AroundTheGateway"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(direct.status(), 200);
+    common::change_around_the_gateway(&gw, &rid(2), "AroundTheGateway").await;
     gw.gateway.audit.flush().await;
     let store = Store::open(&url).await.unwrap();
-    let report = contabo_gateway::audit::reconcile::reconcile(&gw.gateway.upstream, &store, &since)
-        .await
-        .unwrap();
+    let report = contabo_gateway::audit::reconcile::reconcile(
+        &gw.gateway.upstream,
+        &store,
+        &since,
+        || async { Ok(()) },
+    )
+    .await
+    .unwrap();
     assert_eq!(report.checked, 2);
     assert_eq!(report.unmatched.len(), 1, "{report:?}");
     assert_eq!(report.unmatched[0].request_id, rid(2));
@@ -1502,5 +1498,223 @@ async fn a_follow_stream_sends_records_as_they_are_written_and_resumes_from_its_
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// Moves the record of `request_id` to `ts` (as a DBA could; the activity chart reads `ts` only).
+async fn move_record(url: &str, request_id: &str, ts: chrono::DateTime<chrono::Utc>) {
+    let store = Store::open(url).await.unwrap();
+    sqlx::query("UPDATE audit_records SET ts = $1 WHERE request_id = $2")
+        .bind(ts.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .bind(request_id.to_string())
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+async fn activity(gw: &TestGateway, query: &str, key: &str) -> (u16, serde_json::Value) {
+    get_json(gw, &format!("/_gateway/audit/activity{query}"), key).await
+}
+
+async fn activity_counts_calls_and_refusals_per_team_and_hour(backend: Backend) {
+    let Some((gw, url)) = gateway(backend, |_| {}).await else {
+        return;
+    };
+    for n in 1..=3 {
+        assert_eq!(create_instance(&gw, &gw.keys.operator, n).await, 201);
+    }
+    assert_eq!(create_instance(&gw, &gw.keys.readonly, 4).await, 403);
+    assert_eq!(create_instance(&gw, &gw.keys.admin, 5).await, 201);
+    gw.gateway.audit.flush().await;
+    let three_hours_ago = chrono::Utc::now() - chrono::Duration::hours(3);
+    move_record(&url, &rid(1), three_hours_ago).await;
+    move_record(
+        &url,
+        &rid(2),
+        chrono::Utc::now() - chrono::Duration::hours(30),
+    )
+    .await;
+
+    let (status, day) = activity(&gw, "", &gw.keys.auditor).await;
+    assert_eq!(status, 200, "{day}");
+    let hours: Vec<&str> = day["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    assert_eq!(hours.len(), 24);
+    let at = |label: chrono::DateTime<chrono::Utc>| {
+        let label = label.format("%Y-%m-%dT%H").to_string();
+        hours.iter().position(|h| *h == label).unwrap()
+    };
+    let team = |day: &serde_json::Value, name: &str| {
+        day["teams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["client"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {day}"))
+    };
+    let counts = |team: &serde_json::Value, field: &str| -> Vec<i64> {
+        team[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect()
+    };
+    let operator = team(&day, "team-operator");
+    let calls = counts(&operator, "calls");
+    assert_eq!(
+        calls.iter().sum::<i64>(),
+        2,
+        "the 30-hour-old call is outside: {day}"
+    );
+    assert_eq!(calls[at(three_hours_ago)], 1, "{day}");
+    assert_eq!(counts(&operator, "refusals").iter().sum::<i64>(), 0);
+    let readonly = team(&day, "team-readonly");
+    assert_eq!(counts(&readonly, "calls").iter().sum::<i64>(), 1);
+    assert_eq!(counts(&readonly, "refusals").iter().sum::<i64>(), 1);
+    assert_eq!(
+        counts(&team(&day, "team-admin"), "calls")
+            .iter()
+            .sum::<i64>(),
+        1
+    );
+    assert_eq!(day["teams"].as_array().unwrap().len(), 3);
+
+    let (status, two_days) = activity(&gw, "?hours=48", &gw.keys.admin).await;
+    assert_eq!(status, 200);
+    assert_eq!(two_days["hours"].as_array().unwrap().len(), 48);
+    let operator = team(&two_days, "team-operator");
+    assert_eq!(counts(&operator, "calls").iter().sum::<i64>(), 3);
+
+    for (query, mentions) in [
+        ("?hours=0", "hours"),
+        ("?hours=169", "from 1 to 168"),
+        ("?hours=day", "hours"),
+        ("?team=x", "the only parameter is hours"),
+    ] {
+        let (status, body) = activity(&gw, query, &gw.keys.auditor).await;
+        assert_eq!(status, 400, "{query}");
+        assert!(
+            body["message"].as_str().unwrap().contains(mentions),
+            "{body}"
+        );
+        assert!(body["request_id"].is_string());
+    }
+    assert_eq!(activity(&gw, "", &gw.keys.operator).await.0, 403);
+    assert_eq!(activity(&gw, "", "not-a-key").await.0, 401);
+}
+
+async fn get_json(gw: &TestGateway, path: &str, key: &str) -> (u16, serde_json::Value) {
+    let response = http()
+        .get(format!("{}{path}", gw.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), json(response).await)
+}
+
+#[tokio::test]
+async fn admins_read_contabos_audit_of_a_request_id_and_reconcile_over_http() {
+    let Some((gw, _)) = gateway(Backend::Sqlite, |_| {}).await else {
+        return;
+    };
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let user = gw.sandbox().owner_id();
+    let path = format!("/v1/users/{user}");
+    let body = serde_json::json!({"firstName": "Followed"});
+    assert_eq!(
+        send(
+            &gw,
+            Method::PATCH,
+            &path,
+            &gw.keys.admin,
+            Some(body),
+            &rid(1)
+        )
+        .await,
+        200
+    );
+    common::change_around_the_gateway(&gw, &rid(2), "Around").await;
+
+    // Contabo's rows of one request id, from every audit endpoint it answers.
+    let lookup = format!("/_gateway/audit/contabo?request_id={}", rid(1));
+    let (status, trail) = get_json(&gw, &lookup, &gw.keys.admin).await;
+    assert_eq!(status, 200, "{trail}");
+    let entries = trail["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{trail}");
+    assert_eq!(entries[0]["endpoint"], "/v1/users/audits");
+    assert_eq!(entries[0]["requestId"], rid(1));
+    assert_eq!(entries[0]["action"], "UPDATED");
+    // The sandbox serves only the users' audit; every other endpoint is named, not hidden.
+    let skipped = trail["skipped"].as_array().unwrap();
+    assert_eq!(
+        skipped.len() + 1,
+        contabo_gateway::audit::reconcile::audit_endpoints().len()
+    );
+    assert!(
+        skipped
+            .iter()
+            .all(|s| s[1].as_str().unwrap().starts_with("upstream answered 4")),
+        "{trail}"
+    );
+
+    // Reconcile, as `audit reconcile` does.
+    let (status, report) = get_json(
+        &gw,
+        &format!(
+            "/_gateway/audit/reconcile?since={}",
+            since.replace('+', "%2B")
+        ),
+        &gw.keys.admin,
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["checked"], 2);
+    let unmatched = report["unmatched"].as_array().unwrap();
+    assert_eq!(unmatched.len(), 1, "{report}");
+    assert_eq!(unmatched[0]["request_id"], rid(2));
+
+    // Admins only; bad input is named.
+    assert_eq!(get_json(&gw, &lookup, &gw.keys.auditor).await.0, 403);
+    assert_eq!(
+        get_json(&gw, "/_gateway/audit/reconcile?since=1", &gw.keys.auditor)
+            .await
+            .0,
+        403
+    );
+    for (path, mentions) in [
+        ("/_gateway/audit/contabo", "request_id"),
+        ("/_gateway/audit/contabo?request_id=", "request_id"),
+        (
+            "/_gateway/audit/contabo?request_id=a&b=c",
+            "exactly one parameter",
+        ),
+        ("/_gateway/audit/reconcile", "since"),
+        ("/_gateway/audit/reconcile?since=yesterday", "RFC 3339"),
+    ] {
+        let (status, body) = get_json(&gw, path, &gw.keys.admin).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(mentions),
+            "{path}: {body}"
+        );
+    }
+    let (status, who) = get_json(&gw, "/_gateway/audit/whoami", &gw.keys.auditor).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        who,
+        serde_json::json!({"client": "team-auditor", "role": "auditor"})
+    );
+    assert_eq!(
+        get_json(&gw, "/_gateway/audit/whoami", &gw.keys.operator)
+            .await
+            .0,
+        403
     );
 }

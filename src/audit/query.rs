@@ -36,6 +36,16 @@ pub struct Filter {
     pub follow: bool,
 }
 
+/// One team's audited calls in one UTC hour (`hour` is `YYYY-MM-DDTHH`), and how many of them the
+/// gateway refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HourlyActivity {
+    pub client: String,
+    pub hour: String,
+    pub calls: i64,
+    pub refusals: i64,
+}
+
 pub enum Bind {
     Text(String),
     Int(i64),

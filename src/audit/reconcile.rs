@@ -1,8 +1,10 @@
-//! Reconciliation with Contabo's own audit: lists changes Contabo recorded whose request id has no
-//! gateway record, i.e. changes made around the gateway. Contabo's audit endpoints are every
-//! `GET /v1/**/audits` operation of the spec.
+//! Contabo's own audit, read through the gateway's credential: reconciliation (changes Contabo
+//! recorded whose request id has no gateway record, i.e. changes made around the gateway) and the
+//! rows of one request id (the console's "follow this request id"). Contabo's audit endpoints are
+//! every `GET /v1/**/audits` operation of the spec.
 
 use std::collections::HashSet;
+use std::future::Future;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
@@ -35,6 +37,15 @@ pub struct Report {
     pub skipped: Vec<(String, String)>,
 }
 
+/// Contabo's audit rows of one request id, each with the endpoint that listed it.
+#[derive(Debug, Default, Serialize)]
+pub struct RequestTrail {
+    pub request_id: String,
+    pub entries: Vec<serde_json::Value>,
+    /// Endpoints that could not be read, with the reason.
+    pub skipped: Vec<(String, String)>,
+}
+
 pub fn audit_endpoints() -> Vec<&'static str> {
     OPERATIONS
         .iter()
@@ -43,8 +54,78 @@ pub fn audit_endpoints() -> Vec<&'static str> {
         .collect()
 }
 
-/// `since` is a normalised RFC 3339 timestamp (see `query::parse_time`).
-pub async fn reconcile(upstream: &Upstream, store: &Store, since: &str) -> Result<Report, String> {
+/// What one audit endpoint gave: its rows, or why it could not be read (Contabo answered an
+/// error status; the endpoint is reported as skipped, the others are still read).
+enum Listing {
+    Rows(Vec<serde_json::Value>),
+    Unreadable(String),
+}
+
+/// Every row of `endpoint` for `query` (without paging parameters), page by page. `pace` runs
+/// before each call to Contabo (the gateway waits for its upstream budget there); its error ends
+/// the listing as unreadable. A transport failure or a non-JSON answer is an error.
+async fn list<F, Fut>(
+    upstream: &Upstream,
+    endpoint: &str,
+    query: &str,
+    pace: &mut F,
+) -> Result<Listing, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut rows = Vec::new();
+    let mut page = 1;
+    loop {
+        if let Err(reason) = pace().await {
+            return Ok(Listing::Unreadable(reason));
+        }
+        let path = format!("{endpoint}?page={page}&size={PAGE_SIZE}&{query}");
+        let response = upstream
+            .send(&OutgoingCall {
+                method: &Method::GET,
+                path_and_query: http::uri::PathAndQuery::try_from(path)
+                    .map_err(|e| format!("{endpoint}: {e}"))?,
+                caller_headers: &HeaderMap::new(),
+                request_id: RequestId::generate().header_value(),
+                read_whole: false,
+                body: Bytes::new(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Ok(Listing::Unreadable(format!("upstream answered {status}")));
+        }
+        let body = upstream
+            .read_body(response.into_body())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut body: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| format!("{endpoint}: the answer is not JSON: {e}"))?;
+        if let Some(data) = body["data"].as_array_mut() {
+            rows.append(data);
+        }
+        let pages = body["_pagination"]["totalPages"].as_u64().unwrap_or(1) as u32;
+        if page >= pages || page >= MAX_PAGES {
+            return Ok(Listing::Rows(rows));
+        }
+        page += 1;
+    }
+}
+
+/// `since` is a normalised RFC 3339 timestamp (see `query::parse_time`). `pace` runs before each
+/// call to Contabo (see [`list`]).
+pub async fn reconcile<F, Fut>(
+    upstream: &Upstream,
+    store: &Store,
+    since: &str,
+    mut pace: F,
+) -> Result<Report, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
     let filter = Filter {
         since: Some(since.to_string()),
         ..Filter::default()
@@ -55,60 +136,64 @@ pub async fn reconcile(upstream: &Upstream, store: &Store, since: &str) -> Resul
         .into_iter()
         .map(|r| r.request_id.to_ascii_lowercase())
         .collect();
-    let start_date = &since[..10];
+    let query = format!("startDate={}", &since[..10]);
     let mut report = Report::default();
     for endpoint in audit_endpoints() {
-        let mut page = 1;
-        loop {
-            let path = format!("{endpoint}?page={page}&size={PAGE_SIZE}&startDate={start_date}");
-            let response = upstream
-                .send(&OutgoingCall {
-                    method: &Method::GET,
-                    path_and_query: http::uri::PathAndQuery::try_from(path)
-                        .map_err(|e| format!("{endpoint}: {e}"))?,
-                    caller_headers: &HeaderMap::new(),
-                    request_id: RequestId::generate().header_value(),
-                    read_whole: false,
-                    body: Bytes::new(),
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = response.status();
-            if !status.is_success() {
-                report
-                    .skipped
-                    .push((endpoint.to_string(), format!("upstream answered {status}")));
-                break;
+        let rows = match list(upstream, endpoint, &query, &mut pace).await? {
+            Listing::Rows(rows) => rows,
+            Listing::Unreadable(reason) => {
+                report.skipped.push((endpoint.to_string(), reason));
+                continue;
             }
-            let body = upstream
-                .read_body(response.into_body())
-                .await
-                .map_err(|e| e.to_string())?;
-            let body: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|e| format!("{endpoint}: the answer is not JSON: {e}"))?;
-            for entry in body["data"].as_array().into_iter().flatten() {
-                let text = |key: &str| entry[key].as_str().unwrap_or("").to_string();
-                if text("timestamp").as_str() < since {
-                    continue;
-                }
-                report.checked += 1;
-                let request_id = text("requestId");
-                if !ours.contains(&request_id.to_ascii_lowercase()) {
-                    report.unmatched.push(Unmatched {
-                        endpoint: endpoint.to_string(),
-                        timestamp: text("timestamp"),
-                        action: text("action"),
-                        request_id,
-                        changed_by: text("changedBy"),
-                    });
-                }
+        };
+        for entry in rows {
+            let text = |key: &str| entry[key].as_str().unwrap_or("").to_string();
+            if text("timestamp").as_str() < since {
+                continue;
             }
-            let pages = body["_pagination"]["totalPages"].as_u64().unwrap_or(1) as u32;
-            if page >= pages || page >= MAX_PAGES {
-                break;
+            report.checked += 1;
+            let request_id = text("requestId");
+            if !ours.contains(&request_id.to_ascii_lowercase()) {
+                report.unmatched.push(Unmatched {
+                    endpoint: endpoint.to_string(),
+                    timestamp: text("timestamp"),
+                    action: text("action"),
+                    request_id,
+                    changed_by: text("changedBy"),
+                });
             }
-            page += 1;
         }
     }
     Ok(report)
+}
+
+/// The rows Contabo's audit endpoints hold for `request_id` (their `requestId` filter), each
+/// with an `endpoint` field naming where it was listed.
+pub async fn request_trail<F, Fut>(
+    upstream: &Upstream,
+    request_id: &str,
+    mut pace: F,
+) -> Result<RequestTrail, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let query = format!(
+        "requestId={}",
+        form_urlencoded::byte_serialize(request_id.as_bytes()).collect::<String>()
+    );
+    let mut trail = RequestTrail {
+        request_id: request_id.to_string(),
+        ..RequestTrail::default()
+    };
+    for endpoint in audit_endpoints() {
+        match list(upstream, endpoint, &query, &mut pace).await? {
+            Listing::Rows(rows) => trail.entries.extend(rows.into_iter().map(|mut row| {
+                row["endpoint"] = serde_json::Value::from(endpoint);
+                row
+            })),
+            Listing::Unreadable(reason) => trail.skipped.push((endpoint.to_string(), reason)),
+        }
+    }
+    Ok(trail)
 }

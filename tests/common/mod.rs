@@ -92,6 +92,22 @@ pub async fn audit_records(gw: &TestGateway, query: &str) -> serde_json::Value {
     json(response).await
 }
 
+/// Changes the sandbox owner's first name directly against the sandbox "Contabo", with a token of
+/// its own: a change Contabo's audit records under `request_id` and the gateway never saw.
+pub async fn change_around_the_gateway(gw: &TestGateway, request_id: &str, first_name: &str) {
+    let (token, _) = gw.sandbox().issue_tokens();
+    let user = gw.sandbox().owner_id();
+    let direct = http()
+        .patch(format!("{}/v1/users/{user}", gw.sandbox.api_url()))
+        .bearer_auth(token)
+        .header("x-request-id", request_id)
+        .json(&serde_json::json!({"firstName": first_name}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200);
+}
+
 /// One HTTP client per test thread (each test has its own thread and runtime, and a client's
 /// pooled connections belong to the runtime that opened them): building a client loads the
 /// platform's trust store, which takes tens of milliseconds, too long to do per call.

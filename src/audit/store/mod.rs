@@ -204,6 +204,32 @@ impl Store {
         Ok(records)
     }
 
+    /// Calls and refusals (outcome `rejected`) per team and UTC hour from `since` (a normalised
+    /// timestamp, see `query::parse_time`): the console's activity chart.
+    pub async fn activity(&self, since: &str) -> Result<Vec<super::query::HourlyActivity>, String> {
+        let rows = sqlx::query(
+            "SELECT client, substr(ts, 1, 13) AS hour, COUNT(*) AS calls, \
+             CAST(SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END) AS BIGINT) AS refusals \
+             FROM audit_records WHERE ts >= $1 GROUP BY client, substr(ts, 1, 13) \
+             ORDER BY client, hour",
+        )
+        .bind(since.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        rows.iter()
+            .map(|row| {
+                Ok(super::query::HourlyActivity {
+                    client: row.try_get("client")?,
+                    hour: row.try_get("hour")?,
+                    calls: row.try_get("calls")?,
+                    refusals: row.try_get("refusals")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| e.to_string())
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
