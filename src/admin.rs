@@ -16,6 +16,7 @@ use http::StatusCode;
 use http::request::Parts;
 use serde_json::json;
 
+use crate::audit::chain::{Anchors, VerifyReport};
 use crate::audit::query::{self, Filter, Format, csv_line};
 use crate::audit::reconcile;
 use crate::audit::record::AuditRecord;
@@ -25,6 +26,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::pipeline::identify;
 use crate::request_id::RequestId;
+use crate::signed_checkpoint;
 
 /// Liveness: the process answers.
 pub async fn health() -> Json<serde_json::Value> {
@@ -380,13 +382,77 @@ pub async fn audit_verify(
     State(gw): State<Arc<Gateway>>,
     AuditReader { request_id, .. }: AuditReader,
 ) -> Response {
-    // The chain as it stands after every call answered so far.
-    gw.audit.flush().await;
-    let report = async {
-        let anchors = gw.audit.anchors().await?;
-        gw.audit.reader().await?.verify(anchors.as_ref()).await
-    }
-    .await;
+    let store = match settled_store(&gw, &request_id).await {
+        Ok(store) => store,
+        Err(refusal) => return refusal,
+    };
+    let report = match gw.audit.anchors().await {
+        Ok(anchors) => store.verify(anchors.as_ref()).await,
+        Err(reason) => Err(reason),
+    };
+    verification(report, &request_id)
+}
+
+/// The largest checkpoint file `POST /_gateway/audit/verify` takes (about 150 000 checkpoints,
+/// a hundred days of one a minute; bigger files are for `audit verify --checkpoints`).
+pub const MAX_CHECKPOINT_UPLOAD: usize = 64 * 1024 * 1024;
+
+/// Auditors and admins: holds the store against the reviewer's own copy of the checkpoints (the
+/// body, as the checkpoint file holds them) and the public key they trust (`?public_key=`), as
+/// `audit verify --checkpoints FILE --public-key KEY` does.
+pub async fn audit_verify_against(
+    State(gw): State<Arc<Gateway>>,
+    AuditReader { request_id, .. }: AuditReader,
+    Query(params): Query<HashMap<String, String>>,
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let bad = |message: String| GatewayError::BadRequest(message).into_response_with(&request_id);
+    let public_key = match params.get("public_key").map(|k| k.trim()) {
+        Some(key) if params.len() == 1 && !key.is_empty() => key.to_string(),
+        _ => {
+            return bad(
+                "give exactly one parameter, public_key (the signing key's public key, \
+                 base64, as `keys new-signing` printed it), and the checkpoint file as the body"
+                    .into(),
+            );
+        }
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return GatewayError::PayloadTooLarge {
+                limit: MAX_CHECKPOINT_UPLOAD,
+                limited_by: "the checkpoint upload limit (`audit verify --checkpoints` reads \
+                             any size)",
+            }
+            .into_response_with(&request_id);
+        }
+        Err(rejection) => return bad(format!("cannot read the body: {}", rejection.body_text())),
+    };
+    let checkpoints = match std::str::from_utf8(&body) {
+        Ok(text) if !text.trim().is_empty() => signed_checkpoint::parse_lines(text),
+        Ok(_) => Err("the body is empty: send the checkpoint file (one JSON line each)".into()),
+        Err(_) => Err("the body is not UTF-8 text: send the checkpoint file as it is".into()),
+    };
+    let checkpoints = match checkpoints {
+        Ok(checkpoints) => checkpoints,
+        Err(e) => return bad(format!("the checkpoint file: {e}")),
+    };
+    let anchors = Anchors {
+        checkpoints,
+        public_key,
+        source: "the checkpoint file sent".into(),
+    };
+    let store = match settled_store(&gw, &request_id).await {
+        Ok(store) => store,
+        Err(refusal) => return refusal,
+    };
+    verification(store.verify(Some(&anchors)).await, &request_id)
+}
+
+/// A verification's answer: 200 when the log verifies, 409 with the report naming the problem
+/// when not, 503 when the store could not be read.
+fn verification(report: Result<VerifyReport, String>, request_id: &RequestId) -> Response {
     match report {
         Ok(report) => {
             let status = if report.ok {
@@ -396,7 +462,7 @@ pub async fn audit_verify(
             };
             (status, Json(report)).into_response()
         }
-        Err(reason) => GatewayError::AuditUnavailable(reason).into_response_with(&request_id),
+        Err(reason) => GatewayError::AuditUnavailable(reason).into_response_with(request_id),
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Instant;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use futures_util::future::Either;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -60,7 +61,12 @@ pub fn router(gateway: Arc<Gateway>, surface: Surface) -> Router {
             .route("/_gateway/status", get(admin::status))
             .route("/_gateway/metrics", get(admin::metrics))
             .route("/_gateway/audit", get(admin::audit_query))
-            .route("/_gateway/audit/verify", get(admin::audit_verify))
+            .route(
+                "/_gateway/audit/verify",
+                get(admin::audit_verify)
+                    .post(admin::audit_verify_against)
+                    .layer(DefaultBodyLimit::max(admin::MAX_CHECKPOINT_UPLOAD)),
+            )
             .route("/_gateway/audit/whoami", get(admin::audit_whoami))
             .route("/_gateway/audit/activity", get(admin::audit_activity))
             .route("/_gateway/audit/contabo", get(admin::audit_contabo))

@@ -45,8 +45,12 @@ pub enum GatewayError {
          {retry_after_secs} s with a valid team key"
     )]
     AuthThrottled { retry_after_secs: u64 },
-    #[error("the request body is larger than server.max_body_bytes ({limit} bytes); send less")]
-    PayloadTooLarge { limit: usize },
+    #[error("the request body is larger than {limited_by} ({limit} bytes); send less")]
+    PayloadTooLarge {
+        limit: usize,
+        /// What sets the limit, e.g. the setting's name.
+        limited_by: &'static str,
+    },
     #[error(
         "the gateway could not use its Contabo credential: {reason}; \
          the operator must check CONTABO_CLIENT_ID, CONTABO_CLIENT_SECRET, CONTABO_API_USER \

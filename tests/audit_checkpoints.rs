@@ -77,9 +77,19 @@ async fn signed_gateway(backend: Backend) -> Option<Signed> {
     })
 }
 
+/// Where a reviewer sends a checkpoint file to be verified with `public_key`.
+fn verify_url(gw: &TestGateway, public_key: &str) -> String {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("public_key", public_key)
+        .finish();
+    format!("{}/_gateway/audit/verify?{query}", gw.url)
+}
+
 impl Signed {
     /// `audit verify` with only the checkpoint file and the public key: success, or its message.
-    fn verify(&self) -> Result<(), String> {
+    /// The console's way (the same file and key sent to `POST /_gateway/audit/verify`) must come
+    /// to the same verdict for the same reason.
+    async fn verify(&self) -> Result<(), String> {
         let (ok, out, err) = cli(
             &[
                 "audit",
@@ -91,11 +101,30 @@ impl Signed {
             ],
             &self.url,
         );
+        let (status, report) = self
+            .verify_over_http(std::fs::read(&self.checkpoints).unwrap(), &self.public_key)
+            .await;
+        assert_eq!(status, if ok { 200 } else { 409 }, "{report}\n{err}");
         if ok {
             Ok(())
         } else {
+            let reason = report["reason"].as_str().unwrap();
+            assert!(err.contains(reason), "HTTP: {reason}\nCLI: {err}");
             Err(format!("{err}\n{out}"))
         }
+    }
+
+    /// `POST /_gateway/audit/verify?public_key=KEY` with `body` as an auditor.
+    async fn verify_over_http(&self, body: Vec<u8>, public_key: &str) -> (u16, serde_json::Value) {
+        let answer = common::http()
+            .post(verify_url(&self.gw, public_key))
+            .bearer_auth(&self.gw.keys.auditor)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        (status, common::json(answer).await)
     }
 
     async fn execute(&self, sql: &str) {
@@ -139,7 +168,7 @@ async fn a_clean_log_verifies_with_the_public_key_alone(backend: Backend) {
     let Some(s) = signed_gateway(backend).await else {
         return;
     };
-    assert_eq!(s.verify(), Ok(()));
+    assert_eq!(s.verify().await, Ok(()));
     let lines = std::fs::read_to_string(&s.checkpoints).unwrap();
     assert_eq!(lines.lines().count(), 2, "{lines}");
     // Nothing changed: no new checkpoint.
@@ -165,7 +194,7 @@ async fn a_rewritten_record_with_a_recomputed_chain_is_caught(backend: Backend) 
     )
     .await;
     s.recompute_chain().await;
-    let failure = s.verify().unwrap_err();
+    let failure = s.verify().await.unwrap_err();
     assert!(
         failure.contains("(seq 4) is not the record signed checkpoint 1 covered"),
         "{failure}"
@@ -181,7 +210,7 @@ async fn a_deleted_tail_is_caught(backend: Backend) {
         s.store.verify(None).await.unwrap().ok,
         "the chain alone verifies"
     );
-    let failure = s.verify().unwrap_err();
+    let failure = s.verify().await.unwrap_err();
     assert!(
         failure.contains("counted records up to seq 8, but the store ends at seq 5: 3 records"),
         "{failure}"
@@ -197,7 +226,7 @@ async fn a_deleted_middle_record_with_the_rest_renumbered_is_caught(backend: Bac
     };
     s.execute("DELETE FROM audit_records WHERE seq = 6").await;
     s.recompute_chain().await;
-    let failure = s.verify().unwrap_err();
+    let failure = s.verify().await.unwrap_err();
     assert!(failure.contains("the store ends at seq 7"), "{failure}");
     // Deleted before the first checkpoint: the first checkpoint's record differs.
     let Some(s) = signed_gateway(backend).await else {
@@ -205,7 +234,7 @@ async fn a_deleted_middle_record_with_the_rest_renumbered_is_caught(backend: Bac
     };
     s.execute("DELETE FROM audit_records WHERE seq = 2").await;
     s.recompute_chain().await;
-    let failure = s.verify().unwrap_err();
+    let failure = s.verify().await.unwrap_err();
     assert!(
         failure.contains("is not the record signed checkpoint 1 covered"),
         "{failure}"
@@ -230,7 +259,7 @@ async fn a_deleted_prefix_behind_a_forged_pruning_checkpoint_is_caught(backend: 
         s.store.verify(None).await.unwrap().ok,
         "the chain alone verifies"
     );
-    let failure = s.verify().unwrap_err();
+    let failure = s.verify().await.unwrap_err();
     assert!(
         failure.contains("the store starts after seq 3, but signed checkpoint 2 says only records up to seq 0 were pruned"),
         "{failure}"
@@ -261,10 +290,10 @@ async fn retention_pruning_stays_verifiable(backend: Backend) {
     );
     // The signed pruning checkpoint reaches the file with the next round.
     assert_eq!(s.gw.gateway.audit.checkpoint().await.unwrap(), None);
-    assert_eq!(s.verify(), Ok(()));
+    assert_eq!(s.verify().await, Ok(()));
     // Pruned without the key (a forged pruning): caught.
     s.store.prune(&records[7].ts, None).await.unwrap();
-    let failure = s.verify().unwrap_err();
+    let failure = s.verify().await.unwrap_err();
     assert!(failure.contains("were deleted from the start"), "{failure}");
 }
 
@@ -275,14 +304,14 @@ async fn a_broken_checkpoint_file_or_another_key_is_caught(backend: Backend) {
     let lines = std::fs::read_to_string(&s.checkpoints).unwrap();
     // A checkpoint edited to cover less.
     std::fs::write(&s.checkpoints, lines.replacen("\"seq\":8", "\"seq\":7", 1)).unwrap();
-    let failure = s.verify().unwrap_err();
+    let failure = s.verify().await.unwrap_err();
     assert!(
         failure.contains("checkpoint 2: its signature does not match"),
         "{failure}"
     );
     // The first checkpoint removed.
     std::fs::write(&s.checkpoints, lines.lines().nth(1).unwrap()).unwrap();
-    let failure = s.verify().unwrap_err();
+    let failure = s.verify().await.unwrap_err();
     assert!(failure.contains("checkpoint 1 is missing"), "{failure}");
     // Another key: the file does not verify with it.
     std::fs::write(&s.checkpoints, &lines).unwrap();
@@ -299,6 +328,15 @@ async fn a_broken_checkpoint_file_or_another_key_is_caught(backend: Backend) {
         &s.url,
     );
     assert!(!ok && err.contains("signed by another key"), "{err}");
+    let (status, report) = s.verify_over_http(lines.clone().into_bytes(), &other).await;
+    assert_eq!(status, 409);
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("signed by another key"),
+        "{report}"
+    );
     // The gateway's own verify endpoint reads the same file.
     std::fs::write(&s.checkpoints, &lines).unwrap();
     s.execute("DELETE FROM audit_records WHERE seq = 8").await;
@@ -420,4 +458,43 @@ async fn the_serving_binary_signs_checkpoints_on_a_timer_and_at_shutdown() {
         &db,
     );
     assert!(ok, "{err}");
+}
+
+/// Bad uploads to `POST /_gateway/audit/verify` are refused naming what to fix; only auditors and
+/// admins may send one.
+#[tokio::test]
+async fn a_bad_checkpoint_upload_is_refused_naming_what_to_fix() {
+    let Some(s) = signed_gateway(Backend::Sqlite).await else {
+        return;
+    };
+    let lines = std::fs::read(&s.checkpoints).unwrap();
+    let mut broken = lines.clone();
+    broken.extend_from_slice(b"{not json\n");
+    let too_big = vec![b' '; contabo_gateway::admin::MAX_CHECKPOINT_UPLOAD + 1];
+    for (body, key, status, mentions) in [
+        (lines.clone(), "", 400, "public_key"),
+        (Vec::new(), s.public_key.as_str(), 400, "the body is empty"),
+        (broken, s.public_key.as_str(), 400, "line 3"),
+        (vec![0xff, 0xfe], s.public_key.as_str(), 400, "not UTF-8"),
+        (
+            too_big,
+            s.public_key.as_str(),
+            413,
+            "the checkpoint upload limit",
+        ),
+    ] {
+        let (got, body) = s.verify_over_http(body, key).await;
+        assert_eq!(got, status, "{mentions}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(mentions), "{message}");
+        assert!(body["request_id"].is_string());
+    }
+    let refused = common::http()
+        .post(verify_url(&s.gw, &s.public_key))
+        .bearer_auth(&s.gw.keys.operator)
+        .body(lines)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
 }

@@ -307,11 +307,14 @@ async fn a_reviewer_signs_in_filters_reads_exports_follows_and_sees_tampering() 
     };
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("signing.pem");
-    let (pem, _public) = contabo_gateway::signed_checkpoint::new_private_key().unwrap();
+    let (pem, public_key) = contabo_gateway::signed_checkpoint::new_private_key().unwrap();
     std::fs::write(&key_file, pem).unwrap();
     let key = key_file.display().to_string();
+    let checkpoints = dir.path().join("checkpoints.jsonl");
+    let checkpoint_file = checkpoints.display().to_string();
     let gw = start_with(SandboxOptions::default(), move |c| {
         c.audit.signing_key_file = key;
+        c.audit.checkpoint_file = checkpoint_file;
         c.audit.checkpoint_secs = 3600;
     })
     .await;
@@ -397,7 +400,35 @@ async fn a_reviewer_signs_in_filters_reads_exports_follows_and_sees_tampering() 
         .await;
     b.until_text("#checkpoint-status", "1 signed checkpoint (")
         .await;
+    assert!(
+        b.text("#checkpoint-status")
+            .await
+            .contains("checkpoints.jsonl")
+    );
     assert!(b.text("#checkpoint-status").await.contains("covers seq 14"));
+
+    // The reviewer's own copy of the checkpoints, with the public key they trust, then with a
+    // key that did not sign them.
+    let upload = b.c().find(Locator::Css("#own-checkpoints")).await.unwrap();
+    upload
+        .send_keys(checkpoints.to_str().unwrap())
+        .await
+        .unwrap();
+    b.fill("#own-public-key", &public_key).await;
+    b.click("#verify-own-run").await;
+    b.until_text("#checkpoint-status", "your file checkpoints.jsonl")
+        .await;
+    assert!(
+        b.text("#chain-status")
+            .await
+            .contains("The chain verifies: 14 records")
+    );
+    let (_, other_key) = contabo_gateway::signed_checkpoint::new_private_key().unwrap();
+    b.fill("#own-public-key", &other_key).await;
+    b.click("#verify-own-run").await;
+    b.until_text("#chain-status", "signed by another key").await;
+    b.click("#verify").await;
+    b.until_text("#chain-status", "The chain verifies").await;
     b.until_text("#activity", "team-operator: 12 calls, 0 refused")
         .await;
     assert!(

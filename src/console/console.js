@@ -21,9 +21,11 @@
 
   // A response whose status is not ok nor in `allowed` is thrown as an ApiError (a 401 also signs
   // out: the key was removed or rotated).
-  async function call(path, allowed = []) {
+  async function call(path, allowed = [], body = undefined) {
     const key = sessionStorage.getItem(KEY);
     const response = await fetch(path, {
+      method: body === undefined ? "GET" : "POST",
+      body,
       headers: { Authorization: "Bearer " + key },
       cache: "no-store",
       credentials: "omit",
@@ -136,6 +138,7 @@
     // Nothing of the last reviewer's session stays on the page.
     $("filters").reset();
     $("reconcile").reset();
+    $("verify-own").reset();
     for (const id of ["detail-panel", "trail-panel"]) $(id).hidden = true;
     for (const id of ["records", "trail-gateway", "trail-contabo", "reconcile-unmatched"]) {
       clear($(id).tBodies[0]);
@@ -151,12 +154,32 @@
 
   // ---- chain and checkpoint status ------------------------------------------------------------
 
+  // The gateway's own verification: its checkpoint file (or the database's copy) and its key.
   async function verify() {
+    showVerifying();
+    // 409: the log does not verify; the report says why.
+    showReport(await (await call("audit/verify", [409])).json());
+  }
+
+  // The reviewer's own copy of the checkpoints and the public key they trust.
+  async function verifyOwn() {
+    const file = $("own-checkpoints").files[0];
+    const key = $("own-public-key").value.trim();
+    if (!file || !key) throw new Error("choose a checkpoint file and enter its public key");
+    showVerifying();
+    const path = "audit/verify?" + new URLSearchParams({ public_key: key });
+    const report = await (await call(path, [409], await file.text())).json();
+    showReport(report, file.name);
+  }
+
+  function showVerifying() {
     const status = $("chain-status");
     status.className = "status";
     status.textContent = "verifying...";
-    // 409: the log does not verify; the report says why.
-    const report = await (await call("audit/verify", [409])).json();
+  }
+
+  function showReport(report, fileName) {
+    const status = $("chain-status");
     if (report.ok) {
       status.classList.add("ok");
       status.textContent = "The chain verifies: " + report.checked + " records checked" +
@@ -169,11 +192,14 @@
         ": " + (report.reason || "no reason given");
     }
     const signed = report.signed_checkpoints;
+    const source = fileName ? "your file " + fileName : signed && signed.source;
     $("checkpoint-status").textContent = signed
-      ? plural(signed.count, "signed checkpoint") + " (" + signed.source + ", key " + signed.public_key +
+      ? plural(signed.count, "signed checkpoint") + " (" + source + ", key " + signed.public_key +
         ")" + (signed.latest ? "; the latest, #" + signed.latest + ", covers seq " +
         signed.latest_seq + ", signed " + signed.latest_ts : "")
-      : "No signing key is configured: records are protected by the hash chain only.";
+      : fileName
+        ? "Checked against your file " + fileName + ": see the reason above."
+        : "No signing key is configured: records are protected by the hash chain only.";
   }
 
   // ---- activity chart -------------------------------------------------------------------------
@@ -435,6 +461,7 @@
     $("sign-in").addEventListener("submit", guarded(signIn));
     $("sign-out").addEventListener("click", () => signOut());
     $("verify").addEventListener("click", guarded(verify));
+    $("verify-own").addEventListener("submit", guarded(verifyOwn));
     $("filters").addEventListener("submit", guarded(firstPage));
     $("clear").addEventListener("click", guarded(async () => {
       $("filters").reset();

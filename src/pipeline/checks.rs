@@ -170,7 +170,10 @@ pub async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(GatewayError::PayloadTooLarge { limit });
+        return Err(GatewayError::PayloadTooLarge {
+            limit,
+            limited_by: "server.max_body_bytes",
+        });
     }
     if hyper::body::Body::is_end_stream(&body) {
         // A read without a body (most calls): nothing to wait for.
@@ -178,7 +181,10 @@ pub async fn read_body(
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(GatewayError::PayloadTooLarge { limit }),
+        Err(e) if e.is::<LengthLimitError>() => Err(GatewayError::PayloadTooLarge {
+            limit,
+            limited_by: "server.max_body_bytes",
+        }),
         Err(_) => Err(GatewayError::BadRequest(
             "the request body could not be read completely; send it again".into(),
         )),
