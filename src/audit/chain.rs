@@ -7,7 +7,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::record::{GENESIS_HASH, now_ts};
-use super::store::{COLUMNS, Store, decode};
+use super::store::{Store, column_list, decode};
 use crate::signed_checkpoint::{Checkpoint, Signer, check_sequence, parse_lines};
 
 /// Where the next batch continues: the highest id in use and the chain's last seq and hash.
@@ -112,7 +112,10 @@ impl Store {
                 .flat_map(|a| a.checkpoints.iter())
                 .filter(move |c| c.seq == seq)
         };
-        let sql = format!("SELECT {COLUMNS} FROM audit_records WHERE seq IS NOT NULL ORDER BY seq");
+        let sql = format!(
+            "SELECT {} FROM audit_records WHERE seq IS NOT NULL ORDER BY seq",
+            column_list()
+        );
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
         while let Some(row) = rows.next().await {
             let record = decode(&row.map_err(err)?).map_err(err)?;

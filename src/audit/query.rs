@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::record::{AuditRecord, Outcome};
+use super::record::{AuditRecord, COLUMNS, Outcome};
 
 pub const MAX_LIMIT: i64 = 1000;
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -203,28 +203,6 @@ impl Filter {
     }
 }
 
-pub const CSV_HEADER: [&str; 19] = [
-    "id",
-    "ts",
-    "client",
-    "role",
-    "method",
-    "path",
-    "query",
-    "request_id",
-    "trace_id",
-    "client_ip",
-    "request_body",
-    "status",
-    "outcome",
-    "response_body",
-    "duration_ms",
-    "upstream_ms",
-    "seq",
-    "prev_hash",
-    "hash",
-];
-
 pub fn csv_fields(r: &AuditRecord) -> [String; 19] {
     let opt = |v: Option<String>| v.unwrap_or_default();
     [
@@ -254,7 +232,7 @@ pub fn csv_fields(r: &AuditRecord) -> [String; 19] {
 pub fn csv_line(records: &[AuditRecord], header: bool) -> Vec<u8> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     if header {
-        let _ = writer.write_record(CSV_HEADER);
+        let _ = writer.write_record(COLUMNS.iter().map(|(name, _)| name));
     }
     for r in records {
         let _ = writer.write_record(csv_fields(r).map(spreadsheet_safe));

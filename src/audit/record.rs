@@ -46,8 +46,54 @@ impl Outcome {
     }
 }
 
-/// A record as stored. `id`, `seq`, `prev_hash` and `hash` are set by the store.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// An unknown stored outcome reads as `gateway_error`: the record then no longer matches its
+/// hash, so verification names it instead of the read failing.
+impl From<String> for Outcome {
+    fn from(stored: String) -> Self {
+        Outcome::parse(&stored).unwrap_or(Outcome::GatewayError)
+    }
+}
+
+/// The columns of `audit_records` in table order, with their PostgreSQL types: the one list the
+/// store's statements, PostgreSQL's batch recordset and the CSV header are built from.
+/// [`AuditRecord`]'s fields are declared in the same order (a unit test holds them together).
+pub const COLUMNS: [(&str, &str); 19] = [
+    ("id", "BIGINT"),
+    ("ts", "TEXT"),
+    ("client", "TEXT"),
+    ("role", "TEXT"),
+    ("method", "TEXT"),
+    ("path", "TEXT"),
+    ("query", "TEXT"),
+    ("request_id", "TEXT"),
+    ("trace_id", "TEXT"),
+    ("client_ip", "TEXT"),
+    ("request_body", "TEXT"),
+    ("status", "BIGINT"),
+    ("outcome", "TEXT"),
+    ("response_body", "TEXT"),
+    ("duration_ms", "DOUBLE PRECISION"),
+    ("upstream_ms", "DOUBLE PRECISION"),
+    ("seq", "BIGINT"),
+    ("prev_hash", "TEXT"),
+    ("hash", "TEXT"),
+];
+
+/// The column names, comma-separated in table order (for SELECT and INSERT lists).
+pub fn column_list() -> &'static str {
+    static LIST: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        COLUMNS
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    &LIST
+}
+
+/// A record as stored (read back by name with `sqlx::FromRow`). `id`, `seq`, `prev_hash` and
+/// `hash` are set by the store.
+#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
 pub struct AuditRecord {
     pub id: i64,
     pub ts: String,
@@ -61,6 +107,7 @@ pub struct AuditRecord {
     pub client_ip: String,
     pub request_body: String,
     pub status: Option<i64>,
+    #[sqlx(try_from = "String")]
     pub outcome: Outcome,
     pub response_body: String,
     pub duration_ms: Option<f64>,
@@ -295,6 +342,50 @@ fn truncated(text: String, max_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The record's fields and the table's columns are one list: same names, same order (the
+    /// store binds by position and reads by name; exports and PostgreSQL's recordset use the
+    /// names).
+    #[test]
+    fn the_record_declares_the_tables_columns_in_order() {
+        let record = AuditRecord {
+            id: 1,
+            ts: String::new(),
+            client: String::new(),
+            role: String::new(),
+            method: String::new(),
+            path: String::new(),
+            query: String::new(),
+            request_id: String::new(),
+            trace_id: String::new(),
+            client_ip: String::new(),
+            request_body: String::new(),
+            status: None,
+            outcome: Outcome::Pending,
+            response_body: String::new(),
+            duration_ms: None,
+            upstream_ms: None,
+            seq: None,
+            prev_hash: None,
+            hash: None,
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        let positions: Vec<usize> = COLUMNS
+            .iter()
+            .map(|(name, _)| {
+                json.find(&format!("\"{name}\":"))
+                    .unwrap_or_else(|| panic!("{name} is not a field: {json}"))
+            })
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "fields out of column order: {json}"
+        );
+        let fields = serde_json::to_value(&record).unwrap();
+        assert_eq!(fields.as_object().unwrap().len(), COLUMNS.len());
+        let columns: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(column_list().split(", ").collect::<Vec<_>>(), columns);
+    }
 
     fn policy(max_bytes: usize) -> BodyPolicy {
         BodyPolicy::new(

@@ -13,9 +13,9 @@ use std::sync::Once;
 use futures_util::{Stream, StreamExt};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::pool::PoolConnection;
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, FromRow, Row};
 
-use super::record::{AuditRecord, Outcome};
+use super::record::AuditRecord;
 
 /// The PostgreSQL advisory lock key that serialises chain appends across replicas.
 pub(super) const CHAIN_LOCK_KEY: i64 = 0x636f_6e74_6162_6f00; // "contabo\0"
@@ -30,8 +30,7 @@ pub struct Store {
     pub(super) backend: Backend,
 }
 
-pub(super) const COLUMNS: &str = "id, ts, client, role, method, path, query, request_id, trace_id, client_ip, \
-     request_body, status, outcome, response_body, duration_ms, upstream_ms, seq, prev_hash, hash";
+pub(super) use super::record::column_list;
 
 impl Store {
     /// Opens the store (creating the SQLite file and its directory) and applies the migrations.
@@ -180,7 +179,7 @@ impl Store {
         &'a self,
         filter: &'a super::query::Filter,
     ) -> impl Stream<Item = Result<AuditRecord, String>> + 'a {
-        let (sql, binds) = filter.to_sql(COLUMNS);
+        let (sql, binds) = filter.to_sql(column_list());
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for bind in binds {
             query = match bind {
@@ -246,7 +245,7 @@ pub(super) const UPSERT_FINALISES: &str = " ON CONFLICT (id) DO UPDATE SET statu
      duration_ms = excluded.duration_ms, upstream_ms = excluded.upstream_ms, seq = excluded.seq, \
      prev_hash = excluded.prev_hash, hash = excluded.hash";
 
-/// Binds one record's values in `COLUMNS` order.
+/// Binds one record's values in column order (`record::COLUMNS`).
 pub(super) fn bind_record<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     r: &AuditRecord,
@@ -274,28 +273,7 @@ pub(super) fn bind_record<'q>(
 }
 
 pub(super) fn decode(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
-    let outcome: String = row.try_get("outcome")?;
-    Ok(AuditRecord {
-        id: row.try_get("id")?,
-        ts: row.try_get("ts")?,
-        client: row.try_get("client")?,
-        role: row.try_get("role")?,
-        method: row.try_get("method")?,
-        path: row.try_get("path")?,
-        query: row.try_get("query")?,
-        request_id: row.try_get("request_id")?,
-        trace_id: row.try_get("trace_id")?,
-        client_ip: row.try_get("client_ip")?,
-        request_body: row.try_get("request_body")?,
-        status: row.try_get("status")?,
-        outcome: Outcome::parse(&outcome).unwrap_or(Outcome::GatewayError),
-        response_body: row.try_get("response_body")?,
-        duration_ms: row.try_get("duration_ms")?,
-        upstream_ms: row.try_get("upstream_ms")?,
-        seq: row.try_get("seq")?,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-    })
+    AuditRecord::from_row(row)
 }
 
 /// The SQLite file a URL names (its directory created), and the URL's part after the scheme.

@@ -2,9 +2,9 @@
 //! takes the chain's advisory lock and reads the tail in one round trip, then one upsert of the
 //! batch as a JSON array.
 
-use super::{CHAIN_LOCK_KEY, Store, UPSERT_FINALISES};
+use super::{CHAIN_LOCK_KEY, Store, UPSERT_FINALISES, column_list};
 use crate::audit::chain::{ChainTail, TAIL_SQL, decode_tail};
-use crate::audit::record::AuditRecord;
+use crate::audit::record::{AuditRecord, COLUMNS};
 
 impl Store {
     /// PostgreSQL: opens the transaction that appends a batch, takes the chain lock (replicas
@@ -43,19 +43,20 @@ impl Store {
         tx: &mut sqlx::AnyConnection,
         records: &[&AuditRecord],
     ) -> Result<(), sqlx::Error> {
-        const SQL: &str = "INSERT INTO audit_records (id, ts, client, role, method, path, query, \
-             request_id, trace_id, client_ip, request_body, status, outcome, response_body, \
-             duration_ms, upstream_ms, seq, prev_hash, hash) \
-             SELECT id, ts, client, role, method, path, query, request_id, trace_id, client_ip, \
-             request_body, status, outcome, response_body, duration_ms, upstream_ms, seq, \
-             prev_hash, hash \
-             FROM json_to_recordset($1::json) AS r(id BIGINT, ts TEXT, client TEXT, role TEXT, \
-             method TEXT, path TEXT, query TEXT, request_id TEXT, trace_id TEXT, client_ip TEXT, \
-             request_body TEXT, status BIGINT, outcome TEXT, response_body TEXT, \
-             duration_ms DOUBLE PRECISION, upstream_ms DOUBLE PRECISION, seq BIGINT, \
-             prev_hash TEXT, hash TEXT) ";
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let typed: Vec<String> = COLUMNS
+                .iter()
+                .map(|(name, sql_type)| format!("{name} {sql_type}"))
+                .collect();
+            format!(
+                "INSERT INTO audit_records ({columns}) SELECT {columns} \
+                 FROM json_to_recordset($1::json) AS r({typed}) {UPSERT_FINALISES}",
+                columns = column_list(),
+                typed = typed.join(", "),
+            )
+        });
         let rows = serde_json::to_string(records).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("{SQL}{UPSERT_FINALISES}")))
+        sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
             .bind(rows)
             .execute(&mut *tx)
             .await?;

@@ -1,8 +1,9 @@
 //! Appending a batch to SQLite: the whole batch as one transaction in one round trip to the
 //! connection's thread, multi-row upserts with anonymous placeholders.
 
-use super::{COLUMNS, Store, UPSERT_FINALISES, bind_record};
+use super::{Store, UPSERT_FINALISES, bind_record, column_list};
 use crate::audit::record::AuditRecord;
+use crate::audit::record::COLUMNS;
 
 impl Store {
     /// SQLite: the whole batch as one transaction in one round trip to the connection's thread
@@ -38,8 +39,8 @@ const ROWS_PER_STATEMENT: usize = 128;
 /// SQLite: a multi-row upsert of `rows` records with anonymous `?` placeholders (sqlx looks every
 /// named one up by name, which is quadratic in a multi-row statement).
 fn upsert_sql_sqlite(rows: usize) -> String {
-    let mut sql = format!("INSERT INTO audit_records ({COLUMNS}) VALUES ");
-    let row = format!("({})", ["?"; 19].join(", "));
+    let mut sql = format!("INSERT INTO audit_records ({}) VALUES ", column_list());
+    let row = format!("({})", ["?"; COLUMNS.len()].join(", "));
     sql.push_str(&vec![row; rows].join(", "));
     sql.push_str(UPSERT_FINALISES);
     sql
