@@ -7,10 +7,11 @@ use sha2::{Digest, Sha256};
 /// The hash before the first record of a chain.
 pub use crate::signed_checkpoint::GENESIS_HASH;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Written before forwarding; a record left pending means the gateway stopped mid-call.
+    #[default]
     Pending,
     Forwarded,
     Rejected,
@@ -93,7 +94,7 @@ pub fn column_list() -> &'static str {
 
 /// A record as stored (read back by name with `sqlx::FromRow`). `id`, `seq`, `prev_hash` and
 /// `hash` are set by the store.
-#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, sqlx::FromRow)]
 pub struct AuditRecord {
     pub id: i64,
     pub ts: String,
@@ -348,27 +349,7 @@ mod tests {
     /// names).
     #[test]
     fn the_record_declares_the_tables_columns_in_order() {
-        let record = AuditRecord {
-            id: 1,
-            ts: String::new(),
-            client: String::new(),
-            role: String::new(),
-            method: String::new(),
-            path: String::new(),
-            query: String::new(),
-            request_id: String::new(),
-            trace_id: String::new(),
-            client_ip: String::new(),
-            request_body: String::new(),
-            status: None,
-            outcome: Outcome::Pending,
-            response_body: String::new(),
-            duration_ms: None,
-            upstream_ms: None,
-            seq: None,
-            prev_hash: None,
-            hash: None,
-        };
+        let record = AuditRecord::default();
         let json = serde_json::to_string(&record).unwrap();
         let positions: Vec<usize> = COLUMNS
             .iter()
