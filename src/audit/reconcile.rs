@@ -115,7 +115,7 @@ where
 }
 
 /// `since` is a normalised RFC 3339 timestamp (see `query::parse_time`). `pace` runs before each
-/// call to Contabo (see [`list`]).
+/// call to Contabo (see `list`).
 pub async fn reconcile<F, Fut>(
     upstream: &Upstream,
     store: &Store,

@@ -2,23 +2,23 @@
 //! ([`run`]):
 //!
 //! request id -> [address over its 401 limit: 429] -> team identity -> route class (the path read
-//! as Contabo's router reads it) -> [mutating: audit trail opened] -> forwarded method, path
-//! hygiene and spelling, header hygiene, permission by role, team rate limit, bounded body (a
-//! refusal is audited as rejected) -> [cacheable read: cache lookup, coalesced miss] ->
-//! [mutating, in a task of its own that the caller leaving does not cancel: pending audit record
-//! committed] -> upstream budget (fair queue; upstream 429 pause) -> token + forward (one retry on
-//! 401) -> [write: cache invalidation] -> secret adoption -> redaction for the caller's role ->
-//! [mutating: audit record finalised] -> response with x-request-id and the team's quota.
+//! as Contabo's router reads it) -> [mutating: audit trail opened; what follows runs in a task of
+//! its own that the caller leaving does not cancel] -> admission: forwarded method, path hygiene
+//! and spelling, header hygiene, permission by role, team rate limit, bounded body ->
+//! [cacheable read: cache lookup, coalesced miss] -> [mutating: pending audit record committed]
+//! -> upstream budget (fair queue; upstream 429 pause) -> token + forward (one retry on 401) ->
+//! [write: cache invalidation] -> secret adoption -> redaction for the caller's role ->
+//! [mutating: finish, the record finalised as forwarded, rejected or failed] -> response with
+//! x-request-id and the team's quota.
 //!
 //! The facts every stage needs (request id, client, route class) are gathered once in a
-//! [`CallContext`].
+//! [`CallContext`]. An audited call ends in one [`finish`] phase that finalises its record from
+//! how it ended (answered, refused, failed); the call's metrics are counted in [`handle`] and its
+//! log line is written by the per-call wrapper, whatever path it took.
 //!
 //! Stages that most calls skip and whose futures are large (the cache stage, the audit trail; in
-//! other modules token renewal, Redis, opening an upstream connection) are awaited boxed, and so
-//! is the upstream exchange: an async fn's future is as large as everything it may await, and each
-//! layer's future is copied whole into the layer above as it is set up (`-Zprint-type-sizes`:
-//! 20 KB at first; 6.9 KB with the rare stages boxed; 3.2 KB with the trail and the exchange boxed
-//! too and the request head borrowed instead of moved).
+//! other modules token renewal, Redis, opening an upstream connection) are awaited boxed, so a
+//! call's future stays small (bench/README.md has the sizes measured).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -166,21 +166,12 @@ async fn run(
         mutates: call.mutates,
     };
     let trail = gw.audit.trail(&caller, &parts).map(Box::new);
-    let (body, quota) = match admit(gw, &call, &parts, body).await {
-        Ok(admitted) => admitted,
-        Err(refusal) => {
-            if let Some(trail) = trail {
-                Box::pin(trail.failed(&refusal, true)).await;
-            }
-            return Err(refusal);
-        }
-    };
-    let mut response = match trail {
-        // A write's outcome is recorded whether or not its caller waits for it: its exchange runs
-        // in a task of its own, which a caller that disconnects does not cancel.
+    let answer = match trail {
+        // A write's phases and its finish run in a task of their own, which a caller that
+        // disconnects does not cancel: its outcome is recorded whether or not the caller waits.
         Some(trail) => {
             let gw = gw.clone();
-            let write = async move { proceed(&gw, &call, &parts, body, Some(trail)).await };
+            let write = async move { audited(&gw, &call, &parts, body, trail).await };
             tokio::spawn(tracing::Instrument::instrument(
                 write,
                 tracing::Span::current(),
@@ -192,51 +183,142 @@ async fn run(
                 ))
             })?
         }
-        None => proceed(gw, &call, &parts, body, None).await?,
+        None => phases(gw, &call, &parts, body, None)
+            .await
+            .map_err(|failure| failure.error)?,
     };
-    if let Some(quota) = quota {
+    let mut response = answer.response;
+    if let Some(quota) = answer.quota {
         quota.apply(response.headers_mut());
     }
     Ok(response)
 }
 
-/// An admitted call: from the cache, or forwarded with its audit trail.
-async fn proceed(
+/// What the phases give back: the answer, the body the audit keeps of it, the team's quota.
+struct Answer {
+    response: Response,
+    captured: Option<bytes::Bytes>,
+    quota: Option<Quota>,
+}
+
+/// Why a call got no answer from Contabo, and how far it went.
+struct Failure {
+    error: GatewayError,
+    reached: Reached,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Reached {
+    /// Refused by the gateway's checks; nothing was sent upstream.
+    Admission,
+    /// The audit store would not take the pending record; nothing was sent upstream and no
+    /// record stands for the call.
+    PendingRecord,
+    /// Failed while or after being forwarded.
+    Upstream,
+}
+
+impl Failure {
+    fn at(reached: Reached) -> impl FnOnce(GatewayError) -> Failure {
+        move |error| Failure { error, reached }
+    }
+}
+
+/// An audited call: its phases, then its finish.
+async fn audited(
     gw: &Gateway,
     call: &CallContext,
     parts: &Parts,
-    body: bytes::Bytes,
-    mut trail: Option<Box<AuditTrail>>,
-) -> Result<Response, GatewayError> {
+    body: axum::body::Body,
+    mut trail: Box<AuditTrail>,
+) -> Result<Answer, GatewayError> {
+    let ended = phases(gw, call, parts, body, Some(&mut trail)).await;
+    let how = match &ended {
+        Ok(answer) => Ended::Answered {
+            status: answer.response.status().as_u16(),
+            body: answer.captured.as_deref().unwrap_or_default(),
+            headers: answer.response.headers(),
+        },
+        Err(failure) => Ended::Failed(&failure.error, failure.reached),
+    };
+    Box::pin(finish(trail, how)).await;
+    ended.map_err(|failure| failure.error)
+}
+
+/// The phases after identification, in order: admission; then a cacheable read from the cache;
+/// anything else gets its pending audit record (when audited) and is forwarded.
+async fn phases(
+    gw: &Gateway,
+    call: &CallContext,
+    parts: &Parts,
+    body: axum::body::Body,
+    trail: Option<&mut AuditTrail>,
+) -> Result<Answer, Failure> {
+    let (body, quota) = admit(gw, call, parts, body)
+        .await
+        .map_err(Failure::at(Reached::Admission))?;
     let cacheable = call
         .route
         .and_then(|r| r.cached_as)
         .filter(|_| parts.method == Method::GET);
     if let (Some(group), true) = (cacheable, gw.cache.enabled()) {
-        return Box::pin(cached::read(gw, call, parts, group)).await;
+        let response = Box::pin(cached::read(gw, call, parts, group))
+            .await
+            .map_err(Failure::at(Reached::Upstream))?;
+        return Ok(Answer {
+            response,
+            captured: None,
+            quota,
+        });
     }
-    if let Some(trail) = &mut trail {
-        Box::pin(trail.begin(&body, &parts.headers)).await?;
+    let audited = trail.is_some();
+    if let Some(trail) = trail {
+        Box::pin(trail.begin(&body, &parts.headers))
+            .await
+            .map_err(Failure::at(Reached::PendingRecord))?;
     }
-    let forwarded = match forward(gw, call, parts, body).await {
-        Ok(upstream) => respond(gw, call, parts, upstream, trail.is_some()).await,
-        Err(error) => Err(error),
+    let upstream = forward(gw, call, parts, body)
+        .await
+        .map_err(Failure::at(Reached::Upstream))?;
+    let (response, captured) = respond(gw, call, parts, upstream, audited)
+        .await
+        .map_err(Failure::at(Reached::Upstream))?;
+    let response = match cacheable {
+        Some(_) => cached::bypassed(response),
+        None => response,
     };
-    match (forwarded, trail) {
-        (Ok((response, captured)), Some(trail)) => {
-            let body = captured.unwrap_or_default();
-            Box::pin(trail.forwarded(response.status().as_u16(), &body, response.headers())).await;
-            Ok(response)
-        }
-        (Ok((response, _)), None) => Ok(match cacheable {
-            Some(_) => cached::bypassed(response),
-            None => response,
-        }),
-        (Err(error), Some(trail)) => {
-            Box::pin(trail.failed(&error, false)).await;
-            Err(error)
-        }
-        (Err(error), None) => Err(error),
+    Ok(Answer {
+        response,
+        captured,
+        quota,
+    })
+}
+
+/// How an audited call ended, as its record tells it.
+enum Ended<'a> {
+    /// Contabo answered (any status); the body the audit keeps of the answer.
+    Answered {
+        status: u16,
+        body: &'a [u8],
+        headers: &'a http::HeaderMap,
+    },
+    Failed(&'a GatewayError, Reached),
+}
+
+/// The last phase of an audited call, whatever path it took: its record finalised with how the
+/// call ended (answered, refused, failed). A call cut off by the gateway itself is finalised as
+/// interrupted when its trail is dropped.
+async fn finish(trail: Box<AuditTrail>, ended: Ended<'_>) {
+    match ended {
+        Ended::Answered {
+            status,
+            body,
+            headers,
+        } => trail.forwarded(status, body, headers).await,
+        Ended::Failed(error, Reached::Admission) => trail.failed(error, true).await,
+        Ended::Failed(error, Reached::Upstream) => trail.failed(error, false).await,
+        // The store refused the pending record: there is nothing to finalise.
+        Ended::Failed(_, Reached::PendingRecord) => {}
     }
 }
 
