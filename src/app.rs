@@ -428,10 +428,10 @@ async fn accept_loop(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let server = &gateway.config.server;
-    let drain_timeout = Duration::from_secs(server.shutdown_timeout_secs);
+    let drain_timeout = server.shutdown_timeout;
     let limits = Limits {
-        header: Duration::from_secs(server.header_timeout_secs),
-        idle: Duration::from_secs(server.idle_timeout_secs),
+        header: server.header_timeout,
+        idle: server.idle_timeout,
     };
     let router = router(gateway.clone(), surface);
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -449,7 +449,7 @@ fn check_config(path: Option<PathBuf>) -> Result<(), String> {
     match config.audit.checkpoint_signer()? {
         Some(signer) => println!(
             "  audit checkpoints: signed every {} s, public key {}{}",
-            config.audit.checkpoint_secs,
+            config.audit.checkpoint_interval.as_secs(),
             signer.public_key(),
             if config.audit.checkpoint_file.is_empty() {
                 " (no audit.checkpoint_file: kept in the database and the log only)".to_string()

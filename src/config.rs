@@ -6,11 +6,22 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::role::Role;
+
+/// A `*_secs` key: whole seconds, read once into a Duration.
+fn seconds<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Duration, D::Error> {
+    u64::deserialize(value).map(Duration::from_secs)
+}
+
+/// A `*_ms` key: whole milliseconds, read once into a Duration.
+fn milliseconds<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Duration, D::Error> {
+    u64::deserialize(value).map(Duration::from_millis)
+}
 
 /// The file read when neither `--config` nor `GATEWAY_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
@@ -131,9 +142,11 @@ pub struct AuthConfig {
     /// same). "" = no token endpoint. Env GATEWAY_TOKEN_SIGNING_KEY holds the key itself instead.
     pub token_signing_key_file: String,
     /// Life of an issued access token (Keycloak's `expires_in`).
-    pub token_lifetime_secs: u64,
+    #[serde(rename = "token_lifetime_secs", deserialize_with = "seconds")]
+    pub token_lifetime: Duration,
     /// Life of an issued refresh token (Keycloak's `refresh_expires_in`).
-    pub refresh_token_lifetime_secs: u64,
+    #[serde(rename = "refresh_token_lifetime_secs", deserialize_with = "seconds")]
+    pub refresh_token_lifetime: Duration,
     /// The key from GATEWAY_TOKEN_SIGNING_KEY, or a per-run key in `--sandbox`.
     #[serde(skip)]
     pub signing_key: Option<SecretString>,
@@ -143,8 +156,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             token_signing_key_file: String::new(),
-            token_lifetime_secs: 300,
-            refresh_token_lifetime_secs: 1800,
+            token_lifetime: Duration::from_secs(300),
+            refresh_token_lifetime: Duration::from_secs(1800),
             signing_key: None,
         }
     }
@@ -180,13 +193,16 @@ impl AuthConfig {
 pub struct ServerConfig {
     pub listen: String,
     pub max_body_bytes: usize,
-    pub shutdown_timeout_secs: u64,
+    #[serde(rename = "shutdown_timeout_secs", deserialize_with = "seconds")]
+    pub shutdown_timeout: Duration,
     /// Worker runtimes, one thread each (0 = one per CPU).
     pub workers: usize,
     /// A request head must arrive within this long of a connection opening or of its first byte.
-    pub header_timeout_secs: u64,
+    #[serde(rename = "header_timeout_secs", deserialize_with = "seconds")]
+    pub header_timeout: Duration,
     /// A keep-alive connection with no call is closed after this long.
-    pub idle_timeout_secs: u64,
+    #[serde(rename = "idle_timeout_secs", deserialize_with = "seconds")]
+    pub idle_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// 401s one client address may get in a minute before its calls get 429 (0 = no limit).
@@ -209,10 +225,10 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 10 * 1024 * 1024,
-            shutdown_timeout_secs: 30,
+            shutdown_timeout: Duration::from_secs(30),
             workers: 0,
-            header_timeout_secs: 10,
-            idle_timeout_secs: 60,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             auth_failures_per_minute: 30,
             trusted_proxies: Vec::new(),
@@ -229,8 +245,10 @@ impl Default for ServerConfig {
 pub struct UpstreamConfig {
     pub api_url: String,
     pub auth_url: String,
-    pub timeout_secs: u64,
-    pub connect_timeout_secs: u64,
+    #[serde(rename = "timeout_secs", deserialize_with = "seconds")]
+    pub timeout: Duration,
+    #[serde(rename = "connect_timeout_secs", deserialize_with = "seconds")]
+    pub connect_timeout: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -239,8 +257,8 @@ impl Default for UpstreamConfig {
             api_url: "https://api.contabo.com".into(),
             auth_url: "https://auth.contabo.com/auth/realms/contabo/protocol/openid-connect/token"
                 .into(),
-            timeout_secs: 30,
-            connect_timeout_secs: 5,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -295,14 +313,17 @@ pub enum LogFormat {
 #[serde(default)]
 pub struct CacheConfig {
     pub enabled: bool,
-    pub ttl_secs: u64,
+    #[serde(rename = "ttl_secs", deserialize_with = "seconds")]
+    pub ttl: Duration,
     pub max_bytes: u64,
     /// Serve an entry expired for less than this when upstream fails (0 = never).
-    pub stale_if_error_secs: u64,
+    #[serde(rename = "stale_if_error_secs", deserialize_with = "seconds")]
+    pub stale_if_error: Duration,
     /// Redis for invalidations across replicas ("" = this replica only). Env: GATEWAY_REDIS_URL.
     pub redis_url: String,
     /// While Redis is unreachable, entries live at most this long (invalidations may be missed).
-    pub redis_fallback_ttl_secs: u64,
+    #[serde(rename = "redis_fallback_ttl_secs", deserialize_with = "seconds")]
+    pub redis_fallback_ttl: Duration,
     /// The Redis channel invalidations are published on.
     pub redis_channel: String,
 }
@@ -311,11 +332,11 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            ttl_secs: 30,
+            ttl: Duration::from_secs(30),
             max_bytes: 64 * 1024 * 1024,
-            stale_if_error_secs: 0,
+            stale_if_error: Duration::from_secs(0),
             redis_url: String::new(),
-            redis_fallback_ttl_secs: 2,
+            redis_fallback_ttl: Duration::from_secs(2),
             redis_channel: "contabo-gateway:cache-invalidation".into(),
         }
     }
@@ -340,12 +361,14 @@ pub struct AuditConfig {
     pub store_user_data: bool,
     /// Longest wait for any store operation (a pending record's commit, a batch, a probe, an
     /// open); past it the call gets 503 and the store is reported down.
-    pub write_timeout_ms: u64,
+    #[serde(rename = "write_timeout_ms", deserialize_with = "milliseconds")]
+    pub write_timeout: Duration,
     /// Ed25519 private key (PKCS#8 PEM, from `keys new-signing PATH`) that signs checkpoints of
     /// the chain's head; every replica on one PostgreSQL needs the same. "" = no checkpoints.
     pub signing_key_file: String,
     /// Seconds between signed checkpoints (one is also signed at shutdown and with each pruning).
-    pub checkpoint_secs: u64,
+    #[serde(rename = "checkpoint_secs", deserialize_with = "seconds")]
+    pub checkpoint_interval: Duration,
     /// File each signed checkpoint is appended to as one JSON line (fsync'd): put it where the
     /// database's administrator cannot write (another disk, a WORM bucket's sync, a log shipper).
     pub checkpoint_file: String,
@@ -375,9 +398,9 @@ impl Default for AuditConfig {
             .to_vec(),
             retention_days: 0,
             store_user_data: false,
-            write_timeout_ms: 2000,
+            write_timeout: Duration::from_millis(2000),
             signing_key_file: String::new(),
-            checkpoint_secs: 60,
+            checkpoint_interval: Duration::from_secs(60),
             checkpoint_file: String::new(),
             signing_key_pem: None,
         }
@@ -410,7 +433,8 @@ pub struct RateLimitConfig {
     /// Calls that may go to Contabo at once above the sustained rate.
     pub upstream_burst: u32,
     /// Longest a call waits in the fair queue for upstream budget before it gets 429.
-    pub max_wait_ms: u64,
+    #[serde(rename = "max_wait_ms", deserialize_with = "milliseconds")]
+    pub max_wait: Duration,
     /// Redis shared by the replicas ("" = limits kept in this process). Env: GATEWAY_REDIS_URL.
     pub redis_url: String,
     /// Prefix of the Redis keys (replicas of one deployment share it).
@@ -427,7 +451,7 @@ impl Default for RateLimitConfig {
             enabled: true,
             upstream_per_second: 10.0,
             upstream_burst: 20,
-            max_wait_ms: 2000,
+            max_wait: Duration::from_millis(2000),
             redis_url: String::new(),
             redis_key_prefix: "contabo-gateway:ratelimit".into(),
             replicas: 1,
@@ -725,7 +749,7 @@ impl Config {
                 self.server.workers
             ));
         }
-        if self.server.header_timeout_secs == 0 || self.server.idle_timeout_secs == 0 {
+        if self.server.header_timeout.is_zero() || self.server.idle_timeout.is_zero() {
             problems.push(
                 "server.header_timeout_secs and server.idle_timeout_secs must be at least 1".into(),
             );
@@ -752,10 +776,10 @@ impl Config {
                 )),
             }
         }
-        if self.upstream.timeout_secs == 0 {
+        if self.upstream.timeout.is_zero() {
             problems.push("upstream.timeout_secs must be at least 1".into());
         }
-        if self.upstream.connect_timeout_secs == 0 {
+        if self.upstream.connect_timeout.is_zero() {
             problems.push("upstream.connect_timeout_secs must be at least 1".into());
         }
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
@@ -768,10 +792,10 @@ impl Config {
         if let Err(problem) = database_backend(&self.audit.database_url) {
             problems.push(problem);
         }
-        if self.audit.write_timeout_ms < 50 {
+        if self.audit.write_timeout < Duration::from_millis(50) {
             problems.push(format!(
                 "audit.write_timeout_ms = {} is too short for any store; use at least 50 (default 2000)",
-                self.audit.write_timeout_ms
+                self.audit.write_timeout.as_millis()
             ));
         }
         if self.audit.max_body_bytes == 0 {
@@ -790,7 +814,7 @@ impl Config {
         if let Err(problem) = a.checkpoint_signer() {
             problems.push(problem);
         }
-        if a.checkpoint_secs == 0 {
+        if a.checkpoint_interval.is_zero() {
             problems.push("audit.checkpoint_secs must be at least 1 (default 60)".into());
         }
         if !a.checkpoint_file.is_empty() && a.signing_key_file.is_empty() {
@@ -815,18 +839,19 @@ impl Config {
             Ok(None) => {}
             Err(problem) => problems.push(problem),
         }
-        if a.token_lifetime_secs < 10 {
+        if a.token_lifetime < Duration::from_secs(10) {
             problems.push(format!(
                 "auth.token_lifetime_secs = {} is too short for a tool to use its token; use at \
                  least 10 (default 300)",
-                a.token_lifetime_secs
+                a.token_lifetime.as_secs()
             ));
         }
-        if a.refresh_token_lifetime_secs < a.token_lifetime_secs {
+        if a.refresh_token_lifetime < a.token_lifetime {
             problems.push(format!(
                 "auth.refresh_token_lifetime_secs = {} is shorter than auth.token_lifetime_secs = \
                  {}; a refresh token must outlive the access token (default 1800)",
-                a.refresh_token_lifetime_secs, a.token_lifetime_secs
+                a.refresh_token_lifetime.as_secs(),
+                a.token_lifetime.as_secs()
             ));
         }
         problems
@@ -848,10 +873,10 @@ impl Config {
         if r.replicas < 1 {
             problems.push("rate_limit.replicas must be at least 1".into());
         }
-        if r.max_wait_ms > 60_000 {
+        if r.max_wait > Duration::from_secs(60) {
             problems.push(format!(
                 "rate_limit.max_wait_ms = {} is above 60000; a caller should not wait a minute",
-                r.max_wait_ms
+                r.max_wait.as_millis()
             ));
         }
         if !r.redis_url.is_empty() && redis::Client::open(r.redis_url.as_str()).is_err() {
@@ -902,7 +927,7 @@ impl Config {
     fn cache_problems(&self) -> Vec<String> {
         let c = &self.cache;
         let mut problems = Vec::new();
-        if c.ttl_secs == 0 {
+        if c.ttl.is_zero() {
             problems.push("cache.ttl_secs must be at least 1 (set cache.enabled = false to turn the cache off)".into());
         }
         if c.max_bytes < 1024 {
@@ -917,7 +942,7 @@ impl Config {
                 c.redis_url
             ));
         }
-        if c.redis_fallback_ttl_secs == 0 {
+        if c.redis_fallback_ttl.is_zero() {
             problems.push("cache.redis_fallback_ttl_secs must be at least 1".into());
         }
         if c.redis_channel.is_empty() {
@@ -1022,6 +1047,28 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert!(Config::default().problems().is_empty());
+    }
+
+    #[test]
+    fn durations_are_read_once_from_their_seconds_and_milliseconds_keys() {
+        let cfg = Config::from_toml(
+            "[upstream]\ntimeout_secs = 7\n[rate_limit]\nmax_wait_ms = 250\n\
+             [audit]\nwrite_timeout_ms = 900\ncheckpoint_secs = 5\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.upstream.timeout, Duration::from_secs(7));
+        assert_eq!(cfg.rate_limit.max_wait, Duration::from_millis(250));
+        assert_eq!(cfg.audit.write_timeout, Duration::from_millis(900));
+        assert_eq!(cfg.audit.checkpoint_interval, Duration::from_secs(5));
+        assert_eq!(
+            cfg.upstream.connect_timeout,
+            Duration::from_secs(5),
+            "default"
+        );
+        let err = Config::from_toml("[upstream]\ntimeout_secs = \"30s\"\n").unwrap_err();
+        assert!(err.contains("timeout_secs"), "{err}");
+        let err = Config::from_toml("[upstream]\ntimeout_secs = -1\n").unwrap_err();
+        assert!(err.contains("timeout_secs"), "{err}");
     }
 
     #[test]

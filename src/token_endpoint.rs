@@ -210,13 +210,13 @@ async fn grant(
         session: &session,
         lifetime_secs,
     };
-    let access = signer.issue(&grant(auth.token_lifetime_secs), Use::Access);
-    let refresh = signer.issue(&grant(auth.refresh_token_lifetime_secs), Use::Refresh);
+    let access = signer.issue(&grant(auth.token_lifetime.as_secs()), Use::Access);
+    let refresh = signer.issue(&grant(auth.refresh_token_lifetime.as_secs()), Use::Refresh);
     tracing::info!(team = %team.name, grant = field("grant_type"), "token issued");
     Ok(json!({
         "access_token": access,
-        "expires_in": auth.token_lifetime_secs,
-        "refresh_expires_in": auth.refresh_token_lifetime_secs,
+        "expires_in": auth.token_lifetime.as_secs(),
+        "refresh_expires_in": auth.refresh_token_lifetime.as_secs(),
         "refresh_token": refresh,
         "token_type": "Bearer",
         "not-before-policy": 0,

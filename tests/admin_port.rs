@@ -103,7 +103,7 @@ async fn the_admin_port_answers_while_the_api_port_has_no_free_connection() {
         c.server.admin_listen = "127.0.0.1:0".into();
         c.server.max_connections = 4;
         c.server.workers = 1;
-        c.server.header_timeout_secs = 5;
+        c.server.header_timeout = Duration::from_secs(5);
     })
     .await;
     let api = gw.url.trim_start_matches("http://").to_string();

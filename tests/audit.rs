@@ -1063,7 +1063,7 @@ async fn on_private_postgres(
 #[tokio::test]
 async fn a_frozen_postgres_is_answered_503_within_the_deadline_and_ready_follows_it() {
     let Some((postgres, gw)) = on_private_postgres("the frozen PostgreSQL audit test", |c| {
-        c.audit.write_timeout_ms = 1000;
+        c.audit.write_timeout = Duration::from_millis(1000);
     })
     .await
     else {
@@ -1333,7 +1333,7 @@ async fn behind_commit_answer_loss(what: &str) -> Option<(CommitAnswerLoss, Test
     assert_ne!(relayed, direct, "the relay's address is in the store's URL");
     let gw = start_with(SandboxOptions::default(), move |c| {
         c.audit.database_url = relayed;
-        c.audit.write_timeout_ms = 1000;
+        c.audit.write_timeout = Duration::from_millis(1000);
     })
     .await;
     wait_ready(&gw).await;

@@ -42,7 +42,7 @@ async fn signed_gateway(backend: Backend) -> Option<Signed> {
         c.audit.signing_key_file = key;
         c.audit.checkpoint_file = file;
         // Checkpoints are signed when the test says so.
-        c.audit.checkpoint_secs = 3600;
+        c.audit.checkpoint_interval = std::time::Duration::from_secs(3600);
     })
     .await;
     wait_ready(&gw).await;

@@ -136,7 +136,10 @@ async fn unreachable_answer(api_url: String) -> String {
 
 #[tokio::test]
 async fn a_slow_upstream_gets_504_within_the_timeout() {
-    let gw = start_with(SandboxOptions::default(), |c| c.upstream.timeout_secs = 1).await;
+    let gw = start_with(SandboxOptions::default(), |c| {
+        c.upstream.timeout = Duration::from_secs(1)
+    })
+    .await;
     // Warm the token first so only the API call is slow.
     assert_eq!(
         gw.get_status("/v1/compute/instances", &gw.keys.readonly)
@@ -227,7 +230,7 @@ async fn gateway_before_upstream_stalling_mid_body(head: &'static [u8]) -> TestG
     });
     start_with(SandboxOptions::default(), |c| {
         c.upstream.api_url = url;
-        c.upstream.timeout_secs = 1;
+        c.upstream.timeout = Duration::from_secs(1);
     })
     .await
 }

@@ -375,8 +375,8 @@ async fn the_byte_bound_evicts() {
 #[tokio::test]
 async fn stale_if_error_serves_an_expired_entry_when_upstream_fails() {
     let gw = start_with(SandboxOptions::default(), |c| {
-        c.cache.ttl_secs = 1;
-        c.cache.stale_if_error_secs = 30;
+        c.cache.ttl = Duration::from_secs(1);
+        c.cache.stale_if_error = Duration::from_secs(30);
     })
     .await;
     get(&gw, "/v1/users").await;
@@ -403,7 +403,10 @@ async fn stale_if_error_serves_an_expired_entry_when_upstream_fails() {
     );
 
     // Without stale-if-error, the failure passes through.
-    let gw = start_with(SandboxOptions::default(), |c| c.cache.ttl_secs = 1).await;
+    let gw = start_with(SandboxOptions::default(), |c| {
+        c.cache.ttl = Duration::from_secs(1)
+    })
+    .await;
     get(&gw, "/v1/users").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     gw.sandbox()

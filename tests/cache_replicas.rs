@@ -161,7 +161,7 @@ async fn losing_redis_falls_back_to_the_short_ttl_and_recovers() {
     let redis_url = format!("redis://127.0.0.1:{}", redis.port);
     let gw = common::start_with(SandboxOptions::default(), |c| {
         c.cache.redis_url = redis_url;
-        c.cache.redis_fallback_ttl_secs = 1;
+        c.cache.redis_fallback_ttl = Duration::from_secs(1);
     })
     .await;
     let admin = gw.keys.admin.clone();

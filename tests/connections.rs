@@ -42,8 +42,8 @@ fn addr(url: &str) -> String {
 #[tokio::test]
 async fn slow_and_silent_clients_are_cut_while_others_are_served_as_usual() {
     let gw = start_with(SandboxOptions::default(), |c| {
-        c.server.header_timeout_secs = 1;
-        c.server.idle_timeout_secs = 3;
+        c.server.header_timeout = Duration::from_secs(1);
+        c.server.idle_timeout = Duration::from_secs(3);
     })
     .await;
     let address = addr(&gw.url);
@@ -120,7 +120,7 @@ async fn slow_and_silent_clients_are_cut_while_others_are_served_as_usual() {
 #[tokio::test]
 async fn beyond_max_connections_new_ones_wait_until_a_place_is_free() {
     let gw = start_with(SandboxOptions::default(), |c| {
-        c.server.header_timeout_secs = 1;
+        c.server.header_timeout = Duration::from_secs(1);
         c.server.max_connections = 20;
         // One worker, one backlog: with several, each worker's listener has its own backlog and
         // the new connection may be served while a silent one waits in another worker's backlog

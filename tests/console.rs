@@ -315,7 +315,7 @@ async fn a_reviewer_signs_in_filters_reads_exports_follows_and_sees_tampering() 
     let gw = start_with(SandboxOptions::default(), move |c| {
         c.audit.signing_key_file = key;
         c.audit.checkpoint_file = checkpoint_file;
-        c.audit.checkpoint_secs = 3600;
+        c.audit.checkpoint_interval = Duration::from_secs(3600);
     })
     .await;
     wait_ready(&gw).await;

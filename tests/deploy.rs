@@ -357,7 +357,7 @@ async fn the_kubernetes_manifests_match_the_code() {
     assert!(pause >= 3, "endpoints need a few seconds to drop the pod");
     assert!(
         pod["terminationGracePeriodSeconds"].as_u64().unwrap()
-            > pause + config.server.shutdown_timeout_secs,
+            > pause + config.server.shutdown_timeout.as_secs(),
         "Kubernetes waits longer than the pause and the drain"
     );
     let port = &container["ports"][0];
@@ -504,7 +504,7 @@ fn the_systemd_unit_is_hardened_and_verifies() {
         "reload is SIGHUP"
     );
     let stop: u64 = one("TimeoutStopSec").parse().unwrap();
-    assert!(stop > deploy_config().server.shutdown_timeout_secs);
+    assert!(stop > deploy_config().server.shutdown_timeout.as_secs());
     assert!(one("EnvironmentFile").starts_with("/etc/contabo-gateway/"));
     for (key, expected) in [
         ("NoNewPrivileges", "yes"),

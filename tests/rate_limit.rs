@@ -135,7 +135,7 @@ async fn budget_gateway(per_second: f64, burst: u32, max_wait_ms: u64) -> TestGa
     common::start_with(SandboxOptions::default(), |c| {
         c.rate_limit.upstream_per_second = per_second;
         c.rate_limit.upstream_burst = burst;
-        c.rate_limit.max_wait_ms = max_wait_ms;
+        c.rate_limit.max_wait = Duration::from_millis(max_wait_ms);
     })
     .await
 }
@@ -218,7 +218,7 @@ async fn a_flooding_team_does_not_starve_another() {
 /// A gateway whose upstream answers its next call 429 with `retry-after` (0 = none).
 async fn throttled_gateway(max_wait_ms: u64, retry_after_secs: u64) -> TestGateway {
     let gw = common::start_with(SandboxOptions::default(), |c| {
-        c.rate_limit.max_wait_ms = max_wait_ms;
+        c.rate_limit.max_wait = Duration::from_millis(max_wait_ms);
     })
     .await;
     let faults = &gw.sandbox().faults;

@@ -70,7 +70,7 @@ impl AuditLog {
                 receiver,
                 health.clone(),
                 ever_up.clone(),
-                Duration::from_millis(config.write_timeout_ms),
+                config.write_timeout,
             ));
         }
         Ok(Self {
@@ -97,7 +97,7 @@ impl AuditLog {
     pub fn checkpoint_every(&self) -> Option<Duration> {
         self.checkpoints
             .as_ref()
-            .map(|_| Duration::from_secs(self.config.checkpoint_secs))
+            .map(|_| self.config.checkpoint_interval)
     }
 
     /// Signs a checkpoint of the chain's head (none when nothing changed since the last one),
@@ -236,7 +236,7 @@ impl AuditLog {
         Some(AuditTrail {
             health: self.health.clone(),
             ever_up: self.ever_up.clone(),
-            deadline: Duration::from_millis(self.config.write_timeout_ms),
+            deadline: self.config.write_timeout,
             ops: self.ops.clone(),
             bodies: self.bodies.clone(),
             fail_open: self.config.fail_open,

@@ -153,7 +153,7 @@ impl ResponseCache {
     pub fn new(config: &CacheConfig) -> Result<Self, String> {
         let counters = Counters::default();
         let evictions = counters.evictions.clone();
-        let lifetime = Duration::from_secs(config.ttl_secs + config.stale_if_error_secs);
+        let lifetime = config.ttl + config.stale_if_error;
         let entries = moka::future::Cache::builder()
             .max_capacity(config.max_bytes)
             .weigher(|key: &String, value: &Arc<CachedResponse>| value.weight(key))
@@ -197,11 +197,9 @@ impl ResponseCache {
     /// How long an entry is fresh now: the configured TTL, or the short fallback TTL while the
     /// Redis bus is down (invalidations from other replicas may be missed).
     fn ttl(&self) -> Duration {
-        let ttl = Duration::from_secs(self.config.ttl_secs);
+        let ttl = self.config.ttl;
         match &self.bus {
-            Some(bus) if !bus.is_connected() => {
-                ttl.min(Duration::from_secs(self.config.redis_fallback_ttl_secs))
-            }
+            Some(bus) if !bus.is_connected() => ttl.min(self.config.redis_fallback_ttl),
             _ => ttl,
         }
     }
@@ -217,7 +215,7 @@ impl ResponseCache {
         if entry.age() < ttl {
             return Lookup::Fresh(entry);
         }
-        let stale_window = Duration::from_secs(self.config.stale_if_error_secs);
+        let stale_window = self.config.stale_if_error;
         let stale = (entry.age() < ttl + stale_window).then_some(entry);
         Lookup::Miss { stale }
     }

@@ -120,7 +120,7 @@ impl RateLimits {
             costs: RouteCosts::from_config(&config.route_costs),
             budget: UpstreamBudget::new(policy, shared.clone(), Self::local_share(config)),
             shared,
-            max_wait: Duration::from_millis(config.max_wait_ms),
+            max_wait: config.max_wait,
         })
     }
 

@@ -158,8 +158,8 @@ impl Upstream {
         credentials: Credentials,
         workers: usize,
     ) -> Result<Self, String> {
-        let timeout = Duration::from_secs(config.timeout_secs);
-        let connect_timeout = Duration::from_secs(config.connect_timeout_secs);
+        let timeout = config.timeout;
+        let connect_timeout = config.connect_timeout;
         let base = ApiBase::parse(&config.api_url)?;
         let connector = https_connector(connect_timeout)?;
         let pools = (0..workers.max(1))
