@@ -359,6 +359,12 @@ async fn a_reviewer_signs_in_filters_reads_exports_follows_and_sees_tampering() 
     let b = &browser;
     let console = format!("{}/_gateway/console", gw.url);
     b.c().goto(&console).await.unwrap();
+    // The stylesheet and the script loaded under the page's own policy.
+    assert_eq!(
+        b.js("return getComputedStyle(document.body).backgroundColor;")
+            .await,
+        json!("rgb(246, 248, 250)")
+    );
 
     // A wrong key and a key without audit rights are refused with the gateway's own message.
     b.fill("#key", "not-a-key").await;
