@@ -126,7 +126,8 @@
     $("sign-in-view").hidden = true;
     $("console-view").hidden = false;
     $("reconcile-panel").hidden = who.role !== "admin";
-    await Promise.all([firstPage(), verify(), activity()]);
+    // Signed in: a part that cannot be read (the store down, say) says so, the rest still shows.
+    await Promise.all([firstPage(), verify(), activity()].map((part) => part.catch(showError)));
   }
 
   function signOut(message) {
