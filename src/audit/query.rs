@@ -203,29 +203,23 @@ impl Filter {
     }
 }
 
-pub fn csv_fields(r: &AuditRecord) -> [String; 19] {
-    let opt = |v: Option<String>| v.unwrap_or_default();
-    [
-        r.id.to_string(),
-        r.ts.clone(),
-        r.client.clone(),
-        r.role.clone(),
-        r.method.clone(),
-        r.path.clone(),
-        r.query.clone(),
-        r.request_id.clone(),
-        r.trace_id.clone(),
-        r.client_ip.clone(),
-        r.request_body.clone(),
-        opt(r.status.map(|s| s.to_string())),
-        r.outcome.as_str().to_string(),
-        r.response_body.clone(),
-        opt(r.duration_ms.map(|d| d.to_string())),
-        opt(r.upstream_ms.map(|d| d.to_string())),
-        opt(r.seq.map(|s| s.to_string())),
-        opt(r.prev_hash.clone()),
-        opt(r.hash.clone()),
-    ]
+/// A record's cells in column order (`record::COLUMNS`): text as stored, numbers as written in
+/// JSON, an absent value as an empty cell.
+fn csv_fields(r: &AuditRecord) -> Vec<String> {
+    let fields = serde_json::to_value(r).unwrap_or_default();
+    COLUMNS
+        .iter()
+        .map(|(name, _)| match &fields[*name] {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+                (Some(int), _) => int.to_string(),
+                (None, Some(float)) => float.to_string(),
+                (None, None) => n.to_string(),
+            },
+            other => other.to_string(),
+        })
+        .collect()
 }
 
 /// One CSV line (with the header when `header` is set).
@@ -235,7 +229,7 @@ pub fn csv_line(records: &[AuditRecord], header: bool) -> Vec<u8> {
         let _ = writer.write_record(COLUMNS.iter().map(|(name, _)| name));
     }
     for r in records {
-        let _ = writer.write_record(csv_fields(r).map(spreadsheet_safe));
+        let _ = writer.write_record(csv_fields(r).into_iter().map(spreadsheet_safe));
     }
     writer.into_inner().unwrap_or_default()
 }
@@ -278,6 +272,41 @@ pub fn table_line(r: &AuditRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_csv_line_has_every_column_in_order_and_opens_as_text_in_a_spreadsheet() {
+        let record = AuditRecord {
+            id: 7,
+            ts: "2026-12-04T00:00:00.000Z".into(),
+            client: "ops".into(),
+            role: "operator".into(),
+            method: "POST".into(),
+            path: "/v1/compute/instances".into(),
+            query: "=HYPERLINK(1)".into(),
+            request_id: "r-1".into(),
+            request_body: "{\"a\":1}".into(),
+            status: Some(201),
+            outcome: Outcome::Forwarded,
+            duration_ms: Some(6.0),
+            upstream_ms: Some(2.5),
+            seq: Some(3),
+            prev_hash: Some("p".into()),
+            hash: None,
+            ..AuditRecord::default()
+        };
+        let csv = String::from_utf8(csv_line(&[record], true)).unwrap();
+        let mut lines = csv.lines();
+        assert_eq!(
+            lines.next().unwrap(),
+            "id,ts,client,role,method,path,query,request_id,trace_id,client_ip,request_body,\
+             status,outcome,response_body,duration_ms,upstream_ms,seq,prev_hash,hash"
+        );
+        assert_eq!(
+            lines.next().unwrap(),
+            "7,2026-12-04T00:00:00.000Z,ops,operator,POST,/v1/compute/instances,'=HYPERLINK(1),\
+             r-1,,,\"{\"\"a\"\":1}\",201,forwarded,,6,2.5,3,p,"
+        );
+    }
 
     fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
