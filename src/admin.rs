@@ -503,45 +503,14 @@ pub async fn audit_activity(
             }
         }
     }
-    let now = chrono::Utc::now();
-    let this_hour = now.timestamp() - now.timestamp() % 3600;
-    let labels: Vec<String> = (0..hours)
-        .map(|back| {
-            chrono::DateTime::from_timestamp(this_hour - (hours - 1 - back) * 3600, 0)
-                .unwrap_or_default()
-                .format("%Y-%m-%dT%H")
-                .to_string()
-        })
-        .collect();
-    let since = format!("{}:00:00.000Z", labels[0]);
-    let rows = match settled_store(&gw, &request_id).await {
-        Ok(store) => store.activity(&since).await,
+    let chart = match settled_store(&gw, &request_id).await {
+        Ok(store) => store.activity(hours).await,
         Err(refusal) => return refusal,
     };
-    let rows = match rows {
-        Ok(rows) => rows,
-        Err(reason) => {
-            return GatewayError::AuditUnavailable(reason).into_response_with(&request_id);
-        }
-    };
-    let mut teams: Vec<(String, Vec<i64>, Vec<i64>)> = Vec::new();
-    for row in rows {
-        let Some(at) = labels.iter().position(|h| *h == row.hour) else {
-            continue;
-        };
-        if teams.last().is_none_or(|t| t.0 != row.client) {
-            let zeros = vec![0; labels.len()];
-            teams.push((row.client.clone(), zeros.clone(), zeros));
-        }
-        let team = teams.last_mut().expect("pushed above");
-        team.1[at] += row.calls;
-        team.2[at] += row.refusals;
+    match chart {
+        Ok(chart) => Json(chart).into_response(),
+        Err(reason) => GatewayError::AuditUnavailable(reason).into_response_with(&request_id),
     }
-    let teams: Vec<_> = teams
-        .into_iter()
-        .map(|(client, calls, refusals)| json!({"client": client, "calls": calls, "refusals": refusals}))
-        .collect();
-    Json(json!({"hours": labels, "teams": teams})).into_response()
 }
 
 /// How long an admin's look into Contabo's audit waits for the upstream budget per call.
@@ -549,13 +518,9 @@ const CONTABO_AUDIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Waits for one call's worth of the upstream budget in `team`'s lane: Contabo's audit is read
 /// with the shared credential, so it counts against the same limit as every team's calls.
-fn paced(
-    gw: &Gateway,
-    team: Arc<str>,
-) -> impl FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
-{
+fn paced(gw: &Gateway, team: Arc<str>) -> reconcile::Pace {
     let budget = gw.limits.budget().clone();
-    move || {
+    Box::new(move || {
         let budget = budget.clone();
         let team = team.clone();
         Box::pin(async move {
@@ -569,7 +534,7 @@ fn paced(
                     )
                 })
         })
-    }
+    })
 }
 
 /// Admins: the rows of Contabo's own audit for one request id (`?request_id=`), read through

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use crate::app::Application;
 use crate::audit::query::{Filter, Format, csv_line, parse_time, table_header, table_line};
-use crate::audit::reconcile::reconcile;
+use crate::audit::reconcile::{reconcile, unpaced};
 use crate::audit::store::{Anchors, Store};
 use crate::clients::{Role, generate_key, sha256};
 use crate::config::{ClientConfig, Config, Credentials, Source};
@@ -329,8 +329,7 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<ExitCode,
         AuditCommand::Reconcile { since } => {
             let since = parse_time("--since", &since)?;
             let upstream = Upstream::new(&config.upstream, Credentials::from_env()?, 1)?;
-            // The CLI runs beside the gateway, not through its upstream budget.
-            let report = reconcile(&upstream, &store, &since, || async { Ok(()) }).await?;
+            let report = reconcile(&upstream, &store, &since, unpaced()).await?;
             for (endpoint, reason) in &report.skipped {
                 eprintln!("skipped {endpoint}: {reason}");
             }

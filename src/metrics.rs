@@ -121,8 +121,9 @@ type UpstreamKey = (&'static str, &'static str, u16);
 thread_local! {
     /// The per-call metrics' handles, registered once per label set on each thread: looking them
     /// up in the recorder's registry on every call (building and hashing the key) cost more than
-    /// recording, and the benchmark sees it (bench/README.md, 2026-12-04). As many entries as the label sets the exported series already have; the
-    /// recorder is built without an idle timeout, so a series behind a kept handle is never dropped.
+    /// recording, and the benchmark sees it (bench/README.md, 2026-12-04). As many entries as
+    /// the label sets the exported series already have; the recorder is built without an idle
+    /// timeout, so a series behind a kept handle is never dropped.
     /// Hashed with FxHash: the keys are the gateway's own labels, not a caller's input to flood a
     /// table with, and SipHash cost more than the lookup.
     static CALL_HANDLES: std::cell::RefCell<FxHashMap<CallKey, CallHandles>> =

@@ -855,7 +855,7 @@ async fn reconcile_finds_a_change_made_around_the_gateway(backend: Backend) {
         &gw.gateway.upstream,
         &store,
         &since,
-        || async { Ok(()) },
+        contabo_gateway::audit::reconcile::unpaced(),
     )
     .await
     .unwrap();

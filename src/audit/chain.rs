@@ -3,11 +3,12 @@
 //! start behind a checkpoint so the rest still verifies.
 
 use futures_util::StreamExt;
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{FromRow, Row};
 
+use super::record::{AuditRecord, column_list};
 use super::record::{GENESIS_HASH, now_ts};
-use super::store::{Store, column_list, decode};
+use super::store::Store;
 use crate::signed_checkpoint::{Checkpoint, Signer, check_sequence, parse_lines};
 
 /// Where the next batch continues: the highest id in use and the chain's last seq and hash.
@@ -118,7 +119,7 @@ impl Store {
         );
         let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
         while let Some(row) = rows.next().await {
-            let record = decode(&row.map_err(err)?).map_err(err)?;
+            let record = AuditRecord::from_row(&row.map_err(err)?).map_err(err)?;
             let broken = if record.seq != Some(seq + 1) {
                 Some(format!("sequence jumps from {seq} to {:?}", record.seq))
             } else if record.prev_hash.as_deref() != Some(prev.as_str()) {

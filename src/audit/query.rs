@@ -38,12 +38,75 @@ pub struct Filter {
 
 /// One team's audited calls in one UTC hour (`hour` is `YYYY-MM-DDTHH`), and how many of them the
 /// gateway refused.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct HourlyActivity {
     pub client: String,
     pub hour: String,
     pub calls: i64,
     pub refusals: i64,
+}
+
+/// Audited calls and refusals per team and UTC hour: the console's activity chart.
+/// `hours` are `YYYY-MM-DDTHH` labels, oldest first; each team's counts follow them, zeros filled
+/// in.
+#[derive(Debug, serde::Serialize)]
+pub struct Activity {
+    pub hours: Vec<String>,
+    pub teams: Vec<TeamActivity>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct TeamActivity {
+    pub client: String,
+    pub calls: Vec<i64>,
+    pub refusals: Vec<i64>,
+}
+
+impl Activity {
+    /// An empty chart of the `hours` UTC hours that end with the one `now` falls in.
+    pub fn empty(now: chrono::DateTime<chrono::Utc>, hours: i64) -> Self {
+        let this_hour = now.timestamp() - now.timestamp().rem_euclid(3600);
+        let hours = (0..hours)
+            .map(|i| {
+                chrono::DateTime::from_timestamp(this_hour - (hours - 1 - i) * 3600, 0)
+                    .unwrap_or_default()
+                    .format("%Y-%m-%dT%H")
+                    .to_string()
+            })
+            .collect();
+        Activity {
+            hours,
+            teams: Vec::new(),
+        }
+    }
+
+    /// Where the chart's first hour starts, in the stored timestamps' form.
+    pub fn since(&self) -> String {
+        format!(
+            "{}:00:00.000Z",
+            self.hours.first().map_or("", String::as_str)
+        )
+    }
+
+    /// Counts one team's hour; an hour outside the chart is left out.
+    pub fn add(&mut self, row: HourlyActivity) {
+        let Some(at) = self.hours.iter().position(|h| *h == row.hour) else {
+            return;
+        };
+        let team = match self.teams.iter().position(|t| t.client == row.client) {
+            Some(i) => &mut self.teams[i],
+            None => {
+                self.teams.push(TeamActivity {
+                    client: row.client,
+                    calls: vec![0; self.hours.len()],
+                    refusals: vec![0; self.hours.len()],
+                });
+                self.teams.last_mut().expect("pushed")
+            }
+        };
+        team.calls[at] += row.calls;
+        team.refusals[at] += row.refusals;
+    }
 }
 
 pub enum Bind {

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
@@ -46,6 +47,15 @@ pub struct RequestTrail {
     pub skipped: Vec<(String, String)>,
 }
 
+/// Runs before each call to Contabo: the gateway waits for its upstream budget there; an error
+/// ends that endpoint's listing as unreadable (named under `skipped`).
+pub type Pace = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send>;
+
+/// No waiting: the CLI reads Contabo beside the gateway, not through its budget.
+pub fn unpaced() -> Pace {
+    Box::new(|| Box::pin(async { Ok(()) }))
+}
+
 pub fn audit_endpoints() -> Vec<&'static str> {
     OPERATIONS
         .iter()
@@ -61,19 +71,14 @@ enum Listing {
     Unreadable(String),
 }
 
-/// Every row of `endpoint` for `query` (without paging parameters), page by page. `pace` runs
-/// before each call to Contabo (the gateway waits for its upstream budget there); its error ends
-/// the listing as unreadable. A transport failure or a non-JSON answer is an error.
-async fn list<F, Fut>(
+/// Every row of `endpoint` for `query` (without paging parameters), page by page, `pace` before
+/// each call. A transport failure or a non-JSON answer is an error.
+async fn list(
     upstream: &Upstream,
     endpoint: &str,
     query: &str,
-    pace: &mut F,
-) -> Result<Listing, String>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
+    pace: &mut Pace,
+) -> Result<Listing, String> {
     let mut rows = Vec::new();
     let mut page = 1;
     loop {
@@ -114,18 +119,13 @@ where
     }
 }
 
-/// `since` is a normalised RFC 3339 timestamp (see `query::parse_time`). `pace` runs before each
-/// call to Contabo (see `list`).
-pub async fn reconcile<F, Fut>(
+/// `since` is a normalised RFC 3339 timestamp (see `query::parse_time`).
+pub async fn reconcile(
     upstream: &Upstream,
     store: &Store,
     since: &str,
-    mut pace: F,
-) -> Result<Report, String>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
+    mut pace: Pace,
+) -> Result<Report, String> {
     let filter = Filter {
         since: Some(since.to_string()),
         ..Filter::default()
@@ -169,15 +169,11 @@ where
 
 /// The rows Contabo's audit endpoints hold for `request_id` (their `requestId` filter), each
 /// with an `endpoint` field naming where it was listed.
-pub async fn request_trail<F, Fut>(
+pub async fn request_trail(
     upstream: &Upstream,
     request_id: &str,
-    mut pace: F,
-) -> Result<RequestTrail, String>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
+    mut pace: Pace,
+) -> Result<RequestTrail, String> {
     let query = format!(
         "requestId={}",
         form_urlencoded::byte_serialize(request_id.as_bytes()).collect::<String>()

@@ -11,11 +11,11 @@ use std::path::Path;
 use std::sync::Once;
 
 use futures_util::{Stream, StreamExt};
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyPoolOptions;
 use sqlx::pool::PoolConnection;
 use sqlx::{AnyPool, FromRow, Row};
 
-use super::record::AuditRecord;
+use super::record::{AuditRecord, column_list};
 
 /// The PostgreSQL advisory lock key that serialises chain appends across replicas.
 pub(super) const CHAIN_LOCK_KEY: i64 = 0x636f_6e74_6162_6f00; // "contabo\0"
@@ -29,8 +29,6 @@ pub struct Store {
     pub(super) pool: AnyPool,
     pub(super) backend: Backend,
 }
-
-pub(super) use super::record::column_list;
 
 impl Store {
     /// Opens the store (creating the SQLite file and its directory) and applies the migrations.
@@ -189,7 +187,7 @@ impl Store {
         }
         query.fetch(&self.pool).map(|row| {
             row.map_err(|e| e.to_string())
-                .and_then(|r| decode(&r).map_err(|e| e.to_string()))
+                .and_then(|r| AuditRecord::from_row(&r).map_err(|e| e.to_string()))
         })
     }
 
@@ -203,30 +201,24 @@ impl Store {
         Ok(records)
     }
 
-    /// Calls and refusals (outcome `rejected`) per team and UTC hour from `since` (a normalised
-    /// timestamp, see `query::parse_time`): the console's activity chart.
-    pub async fn activity(&self, since: &str) -> Result<Vec<super::query::HourlyActivity>, String> {
+    /// Calls and refusals (outcome `rejected`) per team and UTC hour over the last `hours`, the
+    /// current one included: the console's activity chart.
+    pub async fn activity(&self, hours: i64) -> Result<super::query::Activity, String> {
+        let mut chart = super::query::Activity::empty(chrono::Utc::now(), hours);
         let rows = sqlx::query(
             "SELECT client, substr(ts, 1, 13) AS hour, COUNT(*) AS calls, \
              CAST(SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END) AS BIGINT) AS refusals \
              FROM audit_records WHERE ts >= $1 GROUP BY client, substr(ts, 1, 13) \
              ORDER BY client, hour",
         )
-        .bind(since.to_string())
+        .bind(chart.since())
         .fetch_all(&self.pool)
         .await
         .map_err(|e| e.to_string())?;
-        rows.iter()
-            .map(|row| {
-                Ok(super::query::HourlyActivity {
-                    client: row.try_get("client")?,
-                    hour: row.try_get("hour")?,
-                    calls: row.try_get("calls")?,
-                    refusals: row.try_get("refusals")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(|e| e.to_string())
+        for row in &rows {
+            chart.add(super::query::HourlyActivity::from_row(row).map_err(|e| e.to_string())?);
+        }
+        Ok(chart)
     }
 
     pub fn backend(&self) -> Backend {
@@ -270,10 +262,6 @@ pub(super) fn bind_record<'q>(
         .bind(r.seq)
         .bind(r.prev_hash.clone())
         .bind(r.hash.clone())
-}
-
-pub(super) fn decode(row: &AnyRow) -> Result<AuditRecord, sqlx::Error> {
-    AuditRecord::from_row(row)
 }
 
 /// The SQLite file a URL names (its directory created), and the URL's part after the scheme.

@@ -2,9 +2,9 @@
 //! takes the chain's advisory lock and reads the tail in one round trip, then one upsert of the
 //! batch as a JSON array.
 
-use super::{CHAIN_LOCK_KEY, Store, UPSERT_FINALISES, column_list};
+use super::{CHAIN_LOCK_KEY, Store, UPSERT_FINALISES};
 use crate::audit::chain::{ChainTail, TAIL_SQL, decode_tail};
-use crate::audit::record::{AuditRecord, COLUMNS};
+use crate::audit::record::{AuditRecord, COLUMNS, column_list};
 
 impl Store {
     /// PostgreSQL: opens the transaction that appends a batch, takes the chain lock (replicas

@@ -1,9 +1,8 @@
 //! Appending a batch to SQLite: the whole batch as one transaction in one round trip to the
 //! connection's thread, multi-row upserts with anonymous placeholders.
 
-use super::{Store, UPSERT_FINALISES, bind_record, column_list};
-use crate::audit::record::AuditRecord;
-use crate::audit::record::COLUMNS;
+use super::{Store, UPSERT_FINALISES, bind_record};
+use crate::audit::record::{AuditRecord, COLUMNS, column_list};
 
 impl Store {
     /// SQLite: the whole batch as one transaction in one round trip to the connection's thread
