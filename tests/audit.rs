@@ -518,8 +518,7 @@ async fn final_records_of_a_failed_batch_are_written_once_the_store_is_back(back
     let Some((gw, url)) = gateway(backend, |_| {}).await else {
         return;
     };
-    sqlx::any::install_default_drivers();
-    let dba = sqlx::AnyPool::connect(&url).await.unwrap();
+    let dba = common::dba(&url).await;
     gw.sandbox()
         .faults
         .delay_ms
@@ -727,7 +726,7 @@ async fn verify_passes_and_finds_a_tampered_row(backend: Backend) {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE audit_records SET status = 299 WHERE id = {third}"
     )))
-    .execute(store.pool())
+    .execute(&common::dba(&url).await)
     .await
     .unwrap();
     let broken = verify().await.unwrap();
@@ -741,7 +740,7 @@ async fn an_unwritable_store_refuses_mutating_calls_and_recovers(backend: Backen
     let Some((gw, url)) = gateway(backend, |_| {}).await else {
         return;
     };
-    let store = Store::open(&url).await.unwrap();
+    let dba = common::dba(&url).await;
     let (block, unblock): (&[&str], &[&str]) = match backend {
         Backend::Sqlite => (
             &[
@@ -759,7 +758,7 @@ async fn an_unwritable_store_refuses_mutating_calls_and_recovers(backend: Backen
     };
     for sql in block {
         sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-            .execute(store.pool())
+            .execute(&dba)
             .await
             .unwrap();
     }
@@ -797,7 +796,7 @@ async fn an_unwritable_store_refuses_mutating_calls_and_recovers(backend: Backen
 
     for sql in unblock {
         sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-            .execute(store.pool())
+            .execute(&dba)
             .await
             .unwrap();
     }
@@ -1002,7 +1001,7 @@ async fn retention_pruning_leaves_a_chain_that_still_verifies() {
         "UPDATE audit_records SET path = '/v1/other' WHERE id = {}",
         before[3].id
     )))
-    .execute(store.pool())
+    .execute(&common::dba(&url).await)
     .await
     .unwrap();
     assert_eq!(
@@ -1503,11 +1502,10 @@ async fn a_follow_stream_sends_records_as_they_are_written_and_resumes_from_its_
 
 /// Moves the record of `request_id` to `ts` (as a DBA could; the activity chart reads `ts` only).
 async fn move_record(url: &str, request_id: &str, ts: chrono::DateTime<chrono::Utc>) {
-    let store = Store::open(url).await.unwrap();
     sqlx::query("UPDATE audit_records SET ts = $1 WHERE request_id = $2")
         .bind(ts.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
         .bind(request_id.to_string())
-        .execute(store.pool())
+        .execute(&common::dba(url).await)
         .await
         .unwrap();
 }

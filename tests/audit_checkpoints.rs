@@ -19,6 +19,8 @@ struct Signed {
     gw: TestGateway,
     url: String,
     store: Store,
+    /// The database as someone with write access to it reaches it.
+    dba: sqlx::AnyPool,
     checkpoints: PathBuf,
     public_key: String,
     _dir: tempfile::TempDir,
@@ -67,10 +69,12 @@ async fn signed_gateway(backend: Backend) -> Option<Signed> {
         }
     }
     let store = Store::open(&url).await.unwrap();
+    let dba = common::dba(&url).await;
     Some(Signed {
         gw,
         url,
         store,
+        dba,
         checkpoints,
         public_key,
         _dir: dir,
@@ -129,7 +133,7 @@ impl Signed {
 
     async fn execute(&self, sql: &str) {
         sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-            .execute(self.store.pool())
+            .execute(&self.dba)
             .await
             .unwrap();
     }
@@ -140,7 +144,7 @@ impl Signed {
         let marker: Option<(i64, String)> = sqlx::query_as(
             "SELECT last_seq, last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
         )
-        .fetch_optional(self.store.pool())
+        .fetch_optional(&self.dba)
         .await
         .unwrap();
         let (mut seq, mut prev) = marker.unwrap_or((0, GENESIS_HASH.to_string()));
@@ -246,7 +250,7 @@ async fn a_deleted_prefix_behind_a_forged_pruning_checkpoint_is_caught(backend: 
         return;
     };
     let hash: String = sqlx::query_scalar("SELECT hash FROM audit_records WHERE seq = 3")
-        .fetch_one(s.store.pool())
+        .fetch_one(&s.dba)
         .await
         .unwrap();
     s.execute("DELETE FROM audit_records WHERE seq <= 3").await;

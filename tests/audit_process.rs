@@ -223,9 +223,8 @@ async fn migrate_query_and_verify_commands() {
 
     let (ok, _, _) = cli(&["audit", "verify"], &db);
     assert!(ok);
-    let store = Store::open(&db).await.unwrap();
     sqlx::query("UPDATE audit_records SET client = 'someone-else' WHERE id = 2")
-        .execute(store.pool())
+        .execute(&common::dba(&db).await)
         .await
         .unwrap();
     let (ok, _, stderr) = cli(&["audit", "verify"], &db);

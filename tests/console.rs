@@ -11,7 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{TestGateway, announce_skip, http, start_with, wait_ready};
-use contabo_gateway::audit::store::Store;
 use contabo_gateway::sandbox::SandboxOptions;
 use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::Method;
@@ -580,14 +579,13 @@ async fn a_reviewer_signs_in_filters_reads_exports_follows_and_sees_tampering() 
     }
 
     // A DBA rewrites a record: the next verification in the console reports it.
-    let store = Store::open(&format!(
+    let dba = common::dba(&format!(
         "sqlite://{}/audit.db",
         gw.data_dir.path().display()
     ))
-    .await
-    .unwrap();
+    .await;
     sqlx::query("UPDATE audit_records SET client = 'team-nobody' WHERE id = 3")
-        .execute(store.pool())
+        .execute(&dba)
         .await
         .unwrap();
     b.click("#verify").await;

@@ -3,12 +3,10 @@
 //! start behind a checkpoint so the rest still verifies.
 
 use futures_util::StreamExt;
-use sqlx::any::AnyRow;
-use sqlx::{FromRow, Row};
 
 use super::record::{AuditRecord, column_list};
 use super::record::{GENESIS_HASH, now_ts};
-use super::store::Store;
+use super::store::{Backed, Connection, Store, fetch_records, on_backend};
 use crate::signed_checkpoint::{Checkpoint, Signer, check_sequence, parse_lines};
 
 /// Where the next batch continues: the highest id in use and the chain's last seq and hash.
@@ -56,9 +54,11 @@ pub struct Anchors {
 impl Store {
     /// In one round trip: the highest id in use (new records are numbered from it under the chain
     /// lock) and the chain's head (last seq and hash; the checkpoint after pruning; the genesis).
-    pub async fn tail(conn: &mut sqlx::AnyConnection) -> Result<ChainTail, sqlx::Error> {
-        let row = sqlx::query(TAIL_SQL).fetch_one(&mut *conn).await?;
-        decode_tail(&row)
+    pub async fn tail(conn: &mut Connection) -> Result<ChainTail, sqlx::Error> {
+        let row: TailRow = on_backend!(conn, c => {
+            sqlx::query_as(TAIL_SQL).fetch_one(&mut **c).await
+        })?;
+        Ok(row.into())
     }
 
     /// Walks the chain in order and recomputes every hash; with `anchors`, also holds the store
@@ -66,7 +66,7 @@ impl Store {
     /// they counted is gone from the start, the middle or the tail.
     pub async fn verify(&self, anchors: Option<&Anchors>) -> Result<VerifyReport, String> {
         let err = |e: sqlx::Error| e.to_string();
-        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let mut conn = self.connection().await.map_err(err)?;
         let pruned = pruned_start(&mut conn).await.map_err(err)?;
         let (mut seq, mut prev) = pruned.clone().unwrap_or((0, GENESIS_HASH.to_string()));
         let mut report = VerifyReport {
@@ -91,11 +91,13 @@ impl Store {
             report.reason = Some(reason);
             Ok(report)
         };
-        let pending = sqlx::query("SELECT COUNT(*) AS n FROM audit_records WHERE seq IS NULL")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(err)?;
-        report.pending = pending.try_get::<i64, _>("n").map_err(err)? as u64;
+        let pending: i64 = on_backend!(&mut conn, c => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit_records WHERE seq IS NULL")
+                .fetch_one(&mut **c)
+                .await
+        })
+        .map_err(err)?;
+        report.pending = pending as u64;
         let latest = anchors.and_then(|a| a.checkpoints.last());
         if let Some(anchors) = anchors {
             if let Err(reason) = check_sequence(&anchors.checkpoints, &anchors.public_key) {
@@ -117,9 +119,12 @@ impl Store {
             "SELECT {} FROM audit_records WHERE seq IS NOT NULL ORDER BY seq",
             column_list()
         );
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch(&mut *conn);
-        while let Some(row) = rows.next().await {
-            let record = AuditRecord::from_row(&row.map_err(err)?).map_err(err)?;
+        let mut rows = match &mut conn {
+            Backed::Sqlite(c) => fetch_records!(&mut **c, sql).left_stream(),
+            Backed::Postgres(c) => fetch_records!(&mut **c, sql).right_stream(),
+        };
+        while let Some(record) = rows.next().await {
+            let record: AuditRecord = record.map_err(err)?;
             let broken = if record.seq != Some(seq + 1) {
                 Some(format!("sequence jumps from {seq} to {:?}", record.seq))
             } else if record.prev_hash.as_deref() != Some(prev.as_str()) {
@@ -166,22 +171,25 @@ impl Store {
 
     /// The signed checkpoints the database holds, oldest first.
     pub async fn signed_checkpoints(&self) -> Result<Vec<Checkpoint>, String> {
-        let lines: Vec<String> =
+        let lines: Vec<String> = on_backend!(&self.pool, pool => {
             sqlx::query_scalar("SELECT line FROM audit_signed_checkpoints ORDER BY checkpoint")
-                .fetch_all(&self.pool)
+                .fetch_all(pool)
                 .await
-                .map_err(|e| e.to_string())?;
+        })
+        .map_err(|e| e.to_string())?;
         parse_lines(&lines.join("\n"))
     }
 
     /// The database's signed checkpoints after number `after`, as lines (for the checkpoint file).
     pub async fn signed_lines_after(&self, after: i64) -> Result<Vec<String>, String> {
-        sqlx::query_scalar(
-            "SELECT line FROM audit_signed_checkpoints WHERE checkpoint > $1 ORDER BY checkpoint",
-        )
-        .bind(after)
-        .fetch_all(&self.pool)
-        .await
+        on_backend!(&self.pool, pool => {
+            sqlx::query_scalar(
+                "SELECT line FROM audit_signed_checkpoints WHERE checkpoint > $1 ORDER BY checkpoint",
+            )
+            .bind(after)
+            .fetch_all(pool)
+            .await
+        })
         .map_err(|e| e.to_string())
     }
 
@@ -190,8 +198,8 @@ impl Store {
     /// holds what the last checkpoint signed.
     pub async fn sign_checkpoint(&self, signer: &Signer) -> Result<Option<Checkpoint>, String> {
         let err = |e: sqlx::Error| e.to_string();
-        let mut conn = self.pool.acquire().await.map_err(err)?;
-        self.lock_chain(&mut conn).await.map_err(err)?;
+        let mut conn = self.connection().await.map_err(err)?;
+        Self::lock_chain(&mut conn).await.map_err(err)?;
         match checkpoint_head(&mut conn, signer).await {
             Ok(checkpoint) => {
                 Self::commit(&mut conn).await.map_err(err)?;
@@ -209,8 +217,8 @@ impl Store {
     /// with a `signer`, a signed checkpoint in the same transaction says where the cut is.
     pub async fn prune(&self, before: &str, signer: Option<&Signer>) -> Result<u64, String> {
         let err = |e: sqlx::Error| e.to_string();
-        let mut conn = self.pool.acquire().await.map_err(err)?;
-        self.lock_chain(&mut conn).await.map_err(err)?;
+        let mut conn = self.connection().await.map_err(err)?;
+        Self::lock_chain(&mut conn).await.map_err(err)?;
         match prune_locked(&mut conn, before, signer).await {
             Ok(deleted) => {
                 Self::commit(&mut conn).await.map_err(err)?;
@@ -251,28 +259,25 @@ fn start_differs(latest: &Checkpoint, start_seq: i64, start_hash: &str) -> Optio
 }
 
 /// The last pruned seq and its hash, when retention pruning has cut the chain.
-async fn pruned_start(
-    conn: &mut sqlx::AnyConnection,
-) -> Result<Option<(i64, String)>, sqlx::Error> {
-    let row =
-        sqlx::query("SELECT last_seq, last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await?;
-    row.map(|row| Ok((row.try_get("last_seq")?, row.try_get("last_hash")?)))
-        .transpose()
+async fn pruned_start(conn: &mut Connection) -> Result<Option<(i64, String)>, sqlx::Error> {
+    on_backend!(conn, c => {
+        sqlx::query_as("SELECT last_seq, last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&mut **c)
+            .await
+    })
 }
 
 /// Signs the chain's head inside a transaction holding the chain lock (see `sign_checkpoint`).
 async fn checkpoint_head(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut Connection,
     signer: &Signer,
 ) -> Result<Option<Checkpoint>, String> {
     let err = |e: sqlx::Error| e.to_string();
-    let last: Option<String> = sqlx::query_scalar(
-        "SELECT line FROM audit_signed_checkpoints ORDER BY checkpoint DESC LIMIT 1",
-    )
-    .fetch_optional(&mut *conn)
-    .await
+    let last: Option<String> = on_backend!(&mut *conn, c => {
+        sqlx::query_scalar("SELECT line FROM audit_signed_checkpoints ORDER BY checkpoint DESC LIMIT 1")
+            .fetch_optional(&mut **c)
+            .await
+    })
     .map_err(err)?;
     let last = last.map(|line| Checkpoint::parse(&line)).transpose()?;
     let tail = Store::tail(conn).await.map_err(err)?;
@@ -292,12 +297,14 @@ async fn checkpoint_head(
                 ));
             }
             if last.seq > pruned_through {
-                let hash: Option<String> =
+                let hash: Option<Option<String>> = on_backend!(&mut *conn, c => {
                     sqlx::query_scalar("SELECT hash FROM audit_records WHERE seq = $1")
                         .bind(last.seq)
-                        .fetch_optional(&mut *conn)
+                        .fetch_optional(&mut **c)
                         .await
-                        .map_err(err)?;
+                })
+                .map_err(err)?;
+                let hash = hash.flatten();
                 if hash.as_deref() != Some(last.hash.as_str()) {
                     return Err(format!(
                         "not signing: the record at seq {} no longer has the hash signed \
@@ -311,12 +318,12 @@ async fn checkpoint_head(
             }
         }
     }
-    let count: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM audit_records WHERE seq IS NOT NULL AND seq <= $1",
-    )
-    .bind(tail.seq)
-    .fetch_one(&mut *conn)
-    .await
+    let count: i64 = on_backend!(&mut *conn, c => {
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_records WHERE seq IS NOT NULL AND seq <= $1")
+            .bind(tail.seq)
+            .fetch_one(&mut **c)
+            .await
+    })
     .map_err(err)?;
     let checkpoint = signer.sign(Checkpoint {
         checkpoint: last.as_ref().map_or(1, |l| l.checkpoint + 1),
@@ -332,63 +339,69 @@ async fn checkpoint_head(
         key: String::new(),
         signature: String::new(),
     });
-    sqlx::query("INSERT INTO audit_signed_checkpoints (checkpoint, line) VALUES ($1, $2)")
-        .bind(checkpoint.checkpoint)
-        .bind(checkpoint.line())
-        .execute(&mut *conn)
-        .await
-        .map_err(err)?;
+    on_backend!(conn, c => {
+        sqlx::query("INSERT INTO audit_signed_checkpoints (checkpoint, line) VALUES ($1, $2)")
+            .bind(checkpoint.checkpoint)
+            .bind(checkpoint.line())
+            .execute(&mut **c)
+            .await
+            .map(drop)
+    })
+    .map_err(err)?;
     Ok(Some(checkpoint))
 }
 
 /// Prunes inside a transaction holding the chain lock (see `Store::prune`).
 async fn prune_locked(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut Connection,
     before: &str,
     signer: Option<&Signer>,
 ) -> Result<u64, String> {
     let err = |e: sqlx::Error| e.to_string();
     // Only a prefix of the chain can go: up to the first record that is young enough to stay.
-    let stop =
-        sqlx::query("SELECT MIN(seq) AS s FROM audit_records WHERE seq IS NOT NULL AND ts >= $1")
+    let stop: Option<i64> = on_backend!(&mut *conn, c => {
+        sqlx::query_scalar("SELECT MIN(seq) FROM audit_records WHERE seq IS NOT NULL AND ts >= $1")
             .bind(before)
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut **c)
             .await
-            .map_err(err)?;
-    let stop: Option<i64> = stop.try_get("s").map_err(err)?;
-    let last = sqlx::query(
-        "SELECT seq, hash FROM audit_records WHERE seq IS NOT NULL AND ts < $1 AND ($2 IS NULL OR seq < $2) \
-         ORDER BY seq DESC LIMIT 1",
-    )
-    .bind(before)
-    .bind(stop)
-    .fetch_optional(&mut *conn)
-    .await
+    })
     .map_err(err)?;
-    let Some(last) = last else {
+    let last: Option<(i64, String)> = on_backend!(&mut *conn, c => {
+        sqlx::query_as(
+            "SELECT seq, hash FROM audit_records WHERE seq IS NOT NULL AND ts < $1 \
+             AND ($2 IS NULL OR seq < $2) ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(before)
+        .bind(stop)
+        .fetch_optional(&mut **c)
+        .await
+    })
+    .map_err(err)?;
+    let Some((last_seq, last_hash)) = last else {
         return Ok(0);
     };
-    let (last_seq, last_hash): (i64, String) = (
-        last.try_get("seq").map_err(err)?,
-        last.try_get("hash").map_err(err)?,
-    );
-    let deleted = sqlx::query("DELETE FROM audit_records WHERE seq IS NOT NULL AND seq <= $1")
+    let deleted = on_backend!(&mut *conn, c => {
+        sqlx::query("DELETE FROM audit_records WHERE seq IS NOT NULL AND seq <= $1")
+            .bind(last_seq)
+            .execute(&mut **c)
+            .await
+            .map(|done| done.rows_affected())
+    })
+    .map_err(err)?;
+    on_backend!(&mut *conn, c => {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (created_at, last_seq, last_hash, pruned_before, \
+             pruned_count) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(now_ts())
         .bind(last_seq)
-        .execute(&mut *conn)
+        .bind(&last_hash)
+        .bind(before)
+        .bind(deleted as i64)
+        .execute(&mut **c)
         .await
-        .map_err(err)?
-        .rows_affected();
-    sqlx::query(
-        "INSERT INTO audit_checkpoints (created_at, last_seq, last_hash, pruned_before, pruned_count) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(now_ts())
-    .bind(last_seq)
-    .bind(&last_hash)
-    .bind(before)
-    .bind(deleted as i64)
-    .execute(&mut *conn)
-    .await
+        .map(drop)
+    })
     .map_err(err)?;
     if let Some(signer) = signer {
         checkpoint_head(conn, signer).await?;
@@ -403,24 +416,27 @@ pub(super) const TAIL_SQL: &str = "SELECT (SELECT COALESCE(MAX(id), 0) FROM audi
                     (SELECT last_seq FROM audit_checkpoints ORDER BY id DESC LIMIT 1) AS cp_seq, \
                     (SELECT last_hash FROM audit_checkpoints ORDER BY id DESC LIMIT 1) AS cp_hash";
 
-pub(super) fn decode_tail(row: &AnyRow) -> Result<ChainTail, sqlx::Error> {
-    let max_id: i64 = row.try_get("max_id")?;
-    let head = match (
-        row.try_get::<Option<i64>, _>("seq")?,
-        row.try_get::<Option<String>, _>("hash")?,
-    ) {
-        (Some(seq), Some(hash)) => (seq, hash),
-        _ => match (
-            row.try_get::<Option<i64>, _>("cp_seq")?,
-            row.try_get::<Option<String>, _>("cp_hash")?,
-        ) {
-            (Some(seq), Some(hash)) => (seq, hash),
+/// The row `TAIL_SQL` reads: the chain's last record, and the pruning checkpoint it continues
+/// from when pruning left no record.
+#[derive(sqlx::FromRow)]
+pub(super) struct TailRow {
+    max_id: i64,
+    seq: Option<i64>,
+    hash: Option<String>,
+    cp_seq: Option<i64>,
+    cp_hash: Option<String>,
+}
+
+impl From<TailRow> for ChainTail {
+    fn from(row: TailRow) -> Self {
+        let (seq, hash) = match (row.seq, row.hash, row.cp_seq, row.cp_hash) {
+            (Some(seq), Some(hash), _, _) | (_, _, Some(seq), Some(hash)) => (seq, hash),
             _ => (0, GENESIS_HASH.to_string()),
-        },
-    };
-    Ok(ChainTail {
-        max_id,
-        seq: head.0,
-        hash: head.1,
-    })
+        };
+        ChainTail {
+            max_id: row.max_id,
+            seq,
+            hash,
+        }
+    }
 }

@@ -12,11 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::AuditRecord;
-use super::store::{Backend, ChainTail, Store, WriterClaim};
+use super::store::{Backed, ChainTail, Connection, Store, WriterClaim};
 
 /// Most records taken into one transaction.
 const MAX_BATCH: usize = 512;
@@ -219,18 +218,13 @@ fn mark_down(health: &Health, reason: &str) {
 /// means a write succeeded, not only that a connection opened), a read while it is up.
 async fn probe(
     store: &Store,
-    conn: &mut Option<PoolConnection<sqlx::Any>>,
+    conn: &mut Option<Connection>,
     deadline: Duration,
     write: bool,
 ) -> Result<(), String> {
     let attempt = async {
-        if conn.is_none() {
-            *conn = Some(store.writer_connection().await?);
-        }
-        let conn = conn
-            .as_mut()
-            .expect("the writer's connection was just taken");
-        store.probe(conn, write).await
+        let conn = held(store, conn).await?;
+        Store::probe(conn, write).await
     };
     match tokio::time::timeout(deadline, attempt).await {
         Ok(Ok(())) => Ok(()),
@@ -315,16 +309,11 @@ fn refused(mut record: AuditRecord) -> Retry {
 /// final records.
 async fn look_up(
     store: &Store,
-    conn: &mut Option<PoolConnection<sqlx::Any>>,
+    conn: &mut Option<Connection>,
     kept: &[Retry],
 ) -> Result<Vec<Op>, sqlx::Error> {
-    if conn.is_none() {
-        *conn = Some(store.writer_connection().await?);
-    }
-    let conn = conn
-        .as_mut()
-        .expect("the writer's connection was just taken");
-    store.settle(conn).await?;
+    let conn = held(store, conn).await?;
+    Store::settle(conn).await?;
     let mut ops = Vec::with_capacity(kept.len());
     for retry in kept {
         let stored = match retry.attempted_id {
@@ -412,37 +401,59 @@ async fn open_within(url: &str, deadline: Duration) -> Result<Store, String> {
 /// On PostgreSQL several replicas append, so the tail is read under the advisory lock every time.
 async fn write(
     store: &Store,
-    conn: &mut Option<PoolConnection<sqlx::Any>>,
+    conn: &mut Option<Connection>,
     tail: &mut Option<ChainTail>,
     batch: &mut [Op],
 ) -> Result<(), sqlx::Error> {
-    if conn.is_none() {
-        *conn = Some(store.writer_connection().await?);
-    }
-    let conn = conn
-        .as_mut()
-        .expect("the writer's connection was just taken");
-    match store.backend() {
-        Backend::Sqlite => {
-            let start = match tail.take() {
-                Some(known) => known,
-                None => Store::tail(conn).await?,
-            };
+    let conn = held(store, conn).await?;
+    let known = match (&conn, tail.take()) {
+        (Backed::Sqlite(_), None) => Some(Store::tail(conn).await?),
+        (_, known) => known,
+    };
+    // SQLite commits the batch in its own round trip and says where the chain now ends;
+    // PostgreSQL leaves the transaction open for the commit below.
+    let appended = match &mut *conn {
+        Backed::Sqlite(sqlite) => {
+            let start = known.expect("a SQLite writer knows the chain's tail");
             let end = place_in_chain(batch, start);
-            store.commit_batch_sqlite(conn, &records(batch)).await?;
+            let committed = Store::commit_batch_sqlite(sqlite, &records(batch)).await;
+            committed.map(|()| Some(end))
+        }
+        Backed::Postgres(pg) => {
+            async {
+                let start = Store::begin_append_postgres(pg).await?;
+                place_in_chain(batch, start);
+                Store::upsert_batch_postgres(pg, &records(batch)).await?;
+                Ok(None)
+            }
+            .await
+        }
+    };
+    match appended {
+        Err(error) => {
+            // Fails harmlessly when the failure already ended the transaction.
+            Store::rollback(conn).await;
+            Err(error)
+        }
+        Ok(Some(end)) => {
             *tail = Some(end);
             Ok(())
         }
-        Backend::Postgres => {
-            let start = Store::begin_append_postgres(conn).await?;
-            place_in_chain(batch, start);
-            if let Err(error) = store.upsert_batch_postgres(conn, &records(batch)).await {
-                Store::rollback(conn).await;
-                return Err(error);
-            }
-            Store::commit(conn).await
-        }
+        Ok(None) => Store::commit(conn).await,
     }
+}
+
+/// The writer's connection, opened when it has none (at the start, or after a failure dropped it).
+async fn held<'c>(
+    store: &Store,
+    conn: &'c mut Option<Connection>,
+) -> Result<&'c mut Connection, sqlx::Error> {
+    if conn.is_none() {
+        *conn = Some(store.connection().await?);
+    }
+    Ok(conn
+        .as_mut()
+        .expect("the writer's connection was just taken"))
 }
 
 /// Numbers the batch's new records and appends its finalised ones to the chain after `tail`;

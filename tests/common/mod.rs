@@ -467,17 +467,23 @@ pub fn free_port() -> u16 {
     probe.local_addr().unwrap().port()
 }
 
+/// A connection to an audit store's database from outside the gateway, through sqlx's `Any`
+/// driver: what someone with write access to the database (a DBA) works with.
+pub async fn dba(database_url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyPool::connect(database_url)
+        .await
+        .expect("the audit store's database answers")
+}
+
 /// A fresh, empty schema in the PostgreSQL of GATEWAY_TEST_POSTGRES_URL (.ci/run sets it), as a
 /// URL whose connections use it; None when no PostgreSQL is configured.
 pub async fn fresh_postgres_url() -> Option<String> {
     let url = std::env::var("GATEWAY_TEST_POSTGRES_URL")
         .ok()
         .filter(|u| !u.is_empty())?;
-    sqlx::any::install_default_drivers();
     let schema = format!("audit_test_{}", uuid::Uuid::new_v4().simple());
-    let pool = sqlx::AnyPool::connect(&url)
-        .await
-        .expect("the test PostgreSQL answers");
+    let pool = dba(&url).await;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&pool)
         .await

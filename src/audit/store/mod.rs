@@ -1,19 +1,27 @@
-//! The audit store on SQLite or PostgreSQL through sqlx's `Any` driver: opening it (the SQLite
-//! file's URL, migrations per backend), the connection the writer holds, probes, transactions
-//! under the chain lock, and reading records back. Appending a batch is per backend
-//! (`sqlite.rs`, `postgres.rs`); the chain's tail, verification and pruning are in `audit/chain.rs`,
-//! the SQLite writer's claim in `audit/lock.rs`.
+//! The audit store on SQLite or PostgreSQL, each through its own sqlx driver: opening it (the
+//! SQLite file created with its pragmas, migrations per backend), the connection the writer holds,
+//! probes, transactions under the chain lock, and reading records back. Appending a batch is per
+//! backend (`sqlite.rs`, `postgres.rs`); the chain's tail, verification and pruning are in
+//! `audit/chain.rs`, the SQLite writer's claim in `audit/lock.rs`.
+//!
+//! A statement both backends run alike is written once and compiled for each driver with
+//! [`on_backend!`]; where they differ (appends, the chain lock, the probe write) the code matches
+//! on the backend's own connection type.
 
 mod postgres;
 mod sqlite;
 
 use std::path::Path;
-use std::sync::Once;
+use std::str::FromStr;
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use sqlx::any::AnyPoolOptions;
 use sqlx::pool::PoolConnection;
-use sqlx::{AnyPool, FromRow, Row};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Postgres, Sqlite};
 
 use super::record::{AuditRecord, column_list};
 
@@ -24,57 +32,108 @@ pub use super::chain::{Anchors, ChainTail, SignedStatus, VerifyReport};
 pub use super::lock::WriterClaim;
 pub use crate::config::{DatabaseBackend as Backend, database_backend as backend_of};
 
+/// A value of one backend's own driver: a pool, a connection.
+#[derive(Clone)]
+pub enum Backed<S, P> {
+    Sqlite(S),
+    Postgres(P),
+}
+
+/// The store's connection pool, of its backend's driver.
+pub type Pool = Backed<SqlitePool, PgPool>;
+/// One connection of the store's backend (the writer holds one for its life).
+pub type Connection = Backed<PoolConnection<Sqlite>, PoolConnection<Postgres>>;
+
+impl<S, P> Backed<S, P> {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Backed::Sqlite(_) => Backend::Sqlite,
+            Backed::Postgres(_) => Backend::Postgres,
+        }
+    }
+}
+
+/// Runs `$body` with `$value` bound to its backend's own pool or connection: a statement both
+/// backends run alike, written once and compiled for each driver.
+macro_rules! on_backend {
+    ($backed:expr, $value:ident => $body:expr) => {
+        match $backed {
+            $crate::audit::store::Backed::Sqlite($value) => $body,
+            $crate::audit::store::Backed::Postgres($value) => $body,
+        }
+    };
+}
+pub(in crate::audit) use on_backend;
+
+/// Records read by `sql` with `binds`, decoded by name, streamed from `$executor` (a pool or a
+/// connection of either backend).
+macro_rules! fetch_records {
+    ($executor:expr, $sql:expr) => {
+        fetch_records!(
+            $executor,
+            $sql,
+            std::iter::empty::<$crate::audit::query::Bind>()
+        )
+    };
+    ($executor:expr, $sql:expr, $binds:expr) => {{
+        let mut query = sqlx::query(sqlx::AssertSqlSafe($sql));
+        for bind in $binds {
+            query = match bind {
+                $crate::audit::query::Bind::Text(t) => query.bind(t),
+                $crate::audit::query::Bind::Int(i) => query.bind(i),
+            };
+        }
+        query
+            .fetch($executor)
+            .map(|row| row.and_then(|row| <AuditRecord as sqlx::FromRow<_>>::from_row(&row)))
+    }};
+}
+pub(in crate::audit) use fetch_records;
+
 #[derive(Clone)]
 pub struct Store {
-    pub(super) pool: AnyPool,
-    pub(super) backend: Backend,
+    pub(super) pool: Pool,
 }
 
 impl Store {
     /// Opens the store (creating the SQLite file and its directory) and applies the migrations.
     pub async fn open(url: &str) -> Result<Self, String> {
-        static DRIVERS: Once = Once::new();
-        DRIVERS.call_once(sqlx::any::install_default_drivers);
-        let backend = backend_of(url)?;
-        let url = match backend {
-            Backend::Sqlite => sqlite_url(url)?,
-            Backend::Postgres => url.to_string(),
+        let opened = match backend_of(url)? {
+            Backend::Sqlite => {
+                let (_, rest) = sqlite_file(url)?;
+                let options = SqliteConnectOptions::from_str(&format!("sqlite://{rest}"))
+                    .map_err(|e| format!("audit.database_url is not a SQLite URL: {e}"))?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(5))
+                    // A multi-row upsert keeps a statement journal: in memory, not a temp file
+                    // created and deleted per batch.
+                    .pragma("temp_store", "MEMORY");
+                SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(3))
+                    .connect_with(options)
+                    .await
+                    .map(Backed::Sqlite)
+            }
+            Backend::Postgres => PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect(url)
+                .await
+                .map(Backed::Postgres),
         };
-        let options = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
-            .acquire_timeout(std::time::Duration::from_secs(3));
-        let options = if backend == Backend::Sqlite {
-            options.after_connect(|conn, _| {
-                Box::pin(async move {
-                    for pragma in [
-                        "PRAGMA journal_mode = WAL",
-                        "PRAGMA synchronous = FULL",
-                        "PRAGMA busy_timeout = 5000",
-                        // A multi-row upsert keeps a statement journal: in memory, not a temp
-                        // file created and deleted per batch.
-                        "PRAGMA temp_store = MEMORY",
-                    ] {
-                        sqlx::query(pragma).execute(&mut *conn).await?;
-                    }
-                    Ok(())
-                })
-            })
-        } else {
-            options
-        };
-        let pool = options
-            .connect(&url)
-            .await
-            .map_err(|e| format!("cannot open the audit store: {e}"))?;
-        let store = Self { pool, backend };
+        let pool = opened.map_err(|e| format!("cannot open the audit store: {e}"))?;
+        let store = Self { pool };
         store.migrate().await?;
         Ok(store)
     }
 
     pub async fn migrate(&self) -> Result<(), String> {
-        let result = match self.backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await,
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&self.pool).await,
+        let result = match &self.pool {
+            Backed::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await,
+            Backed::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await,
         };
         result.map_err(|e| format!("cannot migrate the audit store: {e}"))
     }
@@ -82,94 +141,88 @@ impl Store {
     /// A connection held by one writer for its whole life: on SQLite its page cache then stays
     /// valid from one batch to the next (a pooled connection another one wrote through would have
     /// to read the pages again).
-    pub async fn writer_connection(&self) -> Result<PoolConnection<sqlx::Any>, sqlx::Error> {
-        self.pool.acquire().await
+    pub async fn connection(&self) -> Result<Connection, sqlx::Error> {
+        Ok(match &self.pool {
+            Backed::Sqlite(pool) => Backed::Sqlite(pool.acquire().await?),
+            Backed::Postgres(pool) => Backed::Postgres(pool.acquire().await?),
+        })
     }
 
     /// Proves the store answers: `SELECT 1`, or with `write` on SQLite a real write (the
     /// database header's user_version moved on; a full disk fails it).
-    pub async fn probe(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        write: bool,
-    ) -> Result<(), sqlx::Error> {
-        if write && self.backend == Backend::Sqlite {
+    pub async fn probe(conn: &mut Connection, write: bool) -> Result<(), sqlx::Error> {
+        if write && let Backed::Sqlite(conn) = conn {
             let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-                .fetch_one(&mut *conn)
+                .fetch_one(&mut **conn)
                 .await?;
             let next = (version + 1) % 1_000_000;
             sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {next}")))
-                .execute(&mut *conn)
+                .execute(&mut **conn)
                 .await?;
             return Ok(());
         }
-        sqlx::query("SELECT 1").execute(&mut *conn).await?;
-        Ok(())
+        on_backend!(conn, c => sqlx::raw_sql("SELECT 1").execute(&mut **c).await.map(drop))
     }
 
-    /// Ends a transaction opened by `begin_append_postgres` or `lock_chain`: commits, or rolls
-    /// back on failure.
-    pub async fn commit(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
-        let result = sqlx::query("COMMIT").execute(&mut *conn).await;
+    /// Ends a transaction opened by `lock_chain` or an append: commits, or rolls back on failure.
+    pub async fn commit(conn: &mut Connection) -> Result<(), sqlx::Error> {
+        let result = on_backend!(&mut *conn, c => {
+            sqlx::raw_sql("COMMIT").execute(&mut **c).await.map(drop)
+        });
         if result.is_err() {
             Self::rollback(conn).await;
         }
-        result.map(|_| ())
+        result
     }
 
     /// Rolls back whatever transaction is open; fails harmlessly when there is none.
-    pub async fn rollback(conn: &mut sqlx::AnyConnection) {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    pub async fn rollback(conn: &mut Connection) {
+        let _ = on_backend!(conn, c => sqlx::raw_sql("ROLLBACK").execute(&mut **c).await.map(drop));
     }
 
     /// Waits until no earlier append is still in progress: a batch whose answer never came (its
     /// connection given up at the write deadline) may still commit, and does so while it holds the
     /// chain lock (PostgreSQL) or the file's write lock (SQLite). Taking that lock once means the
     /// earlier batch has either committed or rolled back, so what the store holds is final.
-    pub async fn settle(&self, conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
-        self.lock_chain(conn).await?;
+    pub async fn settle(conn: &mut Connection) -> Result<(), sqlx::Error> {
+        Self::lock_chain(conn).await?;
         Self::commit(conn).await
     }
 
     /// Opens a transaction that changes the chain and takes the chain lock: PostgreSQL's advisory
     /// lock (the one the writers' appends take), SQLite's write lock from the start (a deferred
     /// transaction could not take it after reading if a writer committed meanwhile).
-    pub(in crate::audit) async fn lock_chain(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-    ) -> Result<(), sqlx::Error> {
-        let sql = match self.backend {
-            Backend::Postgres => {
-                format!("BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}) IS NULL")
-            }
-            Backend::Sqlite => "BEGIN IMMEDIATE".to_string(),
+    pub(in crate::audit) async fn lock_chain(conn: &mut Connection) -> Result<(), sqlx::Error> {
+        let result = match conn {
+            Backed::Postgres(c) => postgres::begin_locked(c).await,
+            Backed::Sqlite(c) => sqlx::raw_sql("BEGIN IMMEDIATE")
+                .execute(&mut **c)
+                .await
+                .map(drop),
         };
-        let result = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *conn)
-            .await;
         if result.is_err() {
             Self::rollback(conn).await;
         }
-        result.map(|_| ())
+        result
     }
 
     /// Whether the record with this id is the call's (same request id and time) and, if so, its
     /// chain position: `None` when the store does not hold it, `Some(None)` while it is pending.
     pub async fn stored_position(
-        conn: &mut sqlx::AnyConnection,
+        conn: &mut Connection,
         id: i64,
         record: &AuditRecord,
     ) -> Result<Option<Option<i64>>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT seq FROM audit_records WHERE id = $1 AND request_id = $2 AND ts = $3",
-        )
-        .bind(id)
-        .bind(record.request_id.as_str())
-        .bind(record.ts.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-        row.map(|row| row.try_get::<Option<i64>, _>("seq"))
-            .transpose()
+        on_backend!(conn, c => {
+            sqlx::query_scalar(
+                "SELECT seq FROM audit_records WHERE id = $1 AND request_id = $2 AND ts = $3",
+            )
+            .bind(id)
+            .bind(record.request_id.as_str())
+            .bind(record.ts.as_str())
+            .fetch_optional(&mut **c)
+            .await
+        })
     }
 
     /// Records matching `filter`, oldest first, streamed.
@@ -178,17 +231,11 @@ impl Store {
         filter: &'a super::query::Filter,
     ) -> impl Stream<Item = Result<AuditRecord, String>> + 'a {
         let (sql, binds) = filter.to_sql(column_list());
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for bind in binds {
-            query = match bind {
-                super::query::Bind::Text(t) => query.bind(t),
-                super::query::Bind::Int(i) => query.bind(i),
-            };
-        }
-        query.fetch(&self.pool).map(|row| {
-            row.map_err(|e| e.to_string())
-                .and_then(|r| AuditRecord::from_row(&r).map_err(|e| e.to_string()))
-        })
+        let records = match &self.pool {
+            Backed::Sqlite(pool) => fetch_records!(pool, sql, binds).left_stream(),
+            Backed::Postgres(pool) => fetch_records!(pool, sql, binds).right_stream(),
+        };
+        records.map(|record| record.map_err(|e| e.to_string()))
     }
 
     /// One page of records matching `filter` (its limit plus one, to tell if more follow).
@@ -205,28 +252,26 @@ impl Store {
     /// current one included: the console's activity chart.
     pub async fn activity(&self, hours: i64) -> Result<super::query::Activity, String> {
         let mut chart = super::query::Activity::empty(chrono::Utc::now(), hours);
-        let rows = sqlx::query(
-            "SELECT client, substr(ts, 1, 13) AS hour, COUNT(*) AS calls, \
-             CAST(SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END) AS BIGINT) AS refusals \
-             FROM audit_records WHERE ts >= $1 GROUP BY client, substr(ts, 1, 13) \
-             ORDER BY client, hour",
-        )
-        .bind(chart.since())
-        .fetch_all(&self.pool)
-        .await
+        let rows: Vec<super::query::HourlyActivity> = on_backend!(&self.pool, pool => {
+            sqlx::query_as(
+                "SELECT client, substr(ts, 1, 13) AS hour, COUNT(*) AS calls, \
+                 CAST(SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END) AS BIGINT) AS refusals \
+                 FROM audit_records WHERE ts >= $1 GROUP BY client, substr(ts, 1, 13) \
+                 ORDER BY client, hour",
+            )
+            .bind(chart.since())
+            .fetch_all(pool)
+            .await
+        })
         .map_err(|e| e.to_string())?;
-        for row in &rows {
-            chart.add(super::query::HourlyActivity::from_row(row).map_err(|e| e.to_string())?);
+        for row in rows {
+            chart.add(row);
         }
         Ok(chart)
     }
 
     pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
+        self.pool.backend()
     }
 }
 
@@ -236,33 +281,6 @@ pub(super) const UPSERT_FINALISES: &str = " ON CONFLICT (id) DO UPDATE SET statu
      outcome = excluded.outcome, response_body = excluded.response_body, \
      duration_ms = excluded.duration_ms, upstream_ms = excluded.upstream_ms, seq = excluded.seq, \
      prev_hash = excluded.prev_hash, hash = excluded.hash";
-
-/// Binds one record's values in column order (`record::COLUMNS`).
-pub(super) fn bind_record<'q>(
-    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    r: &AuditRecord,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    query
-        .bind(r.id)
-        .bind(r.ts.clone())
-        .bind(r.client.clone())
-        .bind(r.role.clone())
-        .bind(r.method.clone())
-        .bind(r.path.clone())
-        .bind(r.query.clone())
-        .bind(r.request_id.clone())
-        .bind(r.trace_id.clone())
-        .bind(r.client_ip.clone())
-        .bind(r.request_body.clone())
-        .bind(r.status)
-        .bind(r.outcome.as_str())
-        .bind(r.response_body.clone())
-        .bind(r.duration_ms)
-        .bind(r.upstream_ms)
-        .bind(r.seq)
-        .bind(r.prev_hash.clone())
-        .bind(r.hash.clone())
-}
 
 /// The SQLite file a URL names (its directory created), and the URL's part after the scheme.
 pub(super) fn sqlite_file(url: &str) -> Result<(&str, &str), String> {
@@ -283,10 +301,4 @@ pub(super) fn sqlite_file(url: &str) -> Result<(&str, &str), String> {
             .map_err(|e| format!("cannot create the audit directory {}: {e}", dir.display()))?;
     }
     Ok((path, rest))
-}
-
-fn sqlite_url(url: &str) -> Result<String, String> {
-    let (_, rest) = sqlite_file(url)?;
-    let separator = if rest.contains('?') { '&' } else { '?' };
-    Ok(format!("sqlite://{rest}{separator}mode=rwc"))
 }

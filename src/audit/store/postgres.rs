@@ -2,35 +2,38 @@
 //! takes the chain's advisory lock and reads the tail in one round trip, then one upsert of the
 //! batch as a JSON array.
 
+use sqlx::FromRow;
+use sqlx::postgres::PgConnection;
+
 use super::{CHAIN_LOCK_KEY, Store, UPSERT_FINALISES};
-use crate::audit::chain::{ChainTail, TAIL_SQL, decode_tail};
+use crate::audit::chain::{ChainTail, TAIL_SQL, TailRow};
 use crate::audit::record::{AuditRecord, COLUMNS, column_list};
+
+/// Opens a transaction holding the chain lock (the advisory lock every append takes).
+pub(super) async fn begin_locked(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let sql = format!("BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}) IS NULL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(conn)
+        .await
+        .map(drop)
+}
 
 impl Store {
     /// PostgreSQL: opens the transaction that appends a batch, takes the chain lock (replicas
     /// append one at a time) and reads the chain's tail, in one round trip. In READ COMMITTED each
     /// statement of the list reads a snapshot taken when it starts, so the tail is read after the
-    /// lock is held and includes every batch committed before. Rolled back when it fails.
-    pub async fn begin_append_postgres(
-        conn: &mut sqlx::AnyConnection,
-    ) -> Result<ChainTail, sqlx::Error> {
+    /// lock is held and includes every batch committed before. The caller rolls back a failure.
+    pub async fn begin_append_postgres(conn: &mut PgConnection) -> Result<ChainTail, sqlx::Error> {
         let sql = format!(
             "BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}) IS NULL AS locked; {TAIL_SQL}"
         );
         let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut *conn)
+            .fetch_all(conn)
             .await;
-        let tail = match rows {
-            Ok(rows) => match rows.last() {
-                Some(row) => decode_tail(row),
-                None => Err(sqlx::Error::RowNotFound),
-            },
-            Err(error) => Err(error),
-        };
-        if tail.is_err() {
-            Self::rollback(conn).await;
+        match rows?.last() {
+            Some(row) => TailRow::from_row(row).map(ChainTail::from),
+            None => Err(sqlx::Error::RowNotFound),
         }
-        tail
     }
 
     /// PostgreSQL: writes the batch's records (with their ids) in one upsert whose only parameter
@@ -39,8 +42,7 @@ impl Store {
     /// prepared statement serves every batch size, where a multi-row VALUES list (19 parameters a
     /// row) is parsed and planned again for each batch size.
     pub async fn upsert_batch_postgres(
-        &self,
-        tx: &mut sqlx::AnyConnection,
+        conn: &mut PgConnection,
         records: &[&AuditRecord],
     ) -> Result<(), sqlx::Error> {
         static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -58,7 +60,7 @@ impl Store {
         let rows = serde_json::to_string(records).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
             .bind(rows)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         Ok(())
     }

@@ -1,16 +1,19 @@
 //! Appending a batch to SQLite: the whole batch as one transaction in one round trip to the
 //! connection's thread, multi-row upserts with anonymous placeholders.
 
-use super::{Store, UPSERT_FINALISES, bind_record};
+use sqlx::Sqlite;
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqliteConnection};
+
+use super::{Store, UPSERT_FINALISES};
 use crate::audit::record::{AuditRecord, COLUMNS, column_list};
 
 impl Store {
     /// SQLite: the whole batch as one transaction in one round trip to the connection's thread
     /// (`BEGIN IMMEDIATE`, the upserts, `COMMIT` in one statement list), a cached prepared
-    /// statement per batch size. A failure rolls the transaction back before it returns.
+    /// statement per batch size. A failure leaves the transaction for the caller to roll back.
     pub async fn commit_batch_sqlite(
-        &self,
-        conn: &mut sqlx::AnyConnection,
+        conn: &mut SqliteConnection,
         records: &[&AuditRecord],
     ) -> Result<(), sqlx::Error> {
         let mut sql = String::from("BEGIN IMMEDIATE; ");
@@ -23,12 +26,7 @@ impl Store {
         for r in records {
             query = bind_record(query, r);
         }
-        if let Err(error) = query.execute(&mut *conn).await {
-            // Fails harmlessly when the failure already ended the transaction.
-            Self::rollback(conn).await;
-            return Err(error);
-        }
-        Ok(())
+        query.execute(conn).await.map(drop)
     }
 }
 
@@ -43,4 +41,31 @@ fn upsert_sql_sqlite(rows: usize) -> String {
     sql.push_str(&vec![row; rows].join(", "));
     sql.push_str(UPSERT_FINALISES);
     sql
+}
+
+/// Binds one record's values in column order (`record::COLUMNS`).
+fn bind_record<'q>(
+    query: Query<'q, Sqlite, SqliteArguments>,
+    r: &AuditRecord,
+) -> Query<'q, Sqlite, SqliteArguments> {
+    query
+        .bind(r.id)
+        .bind(r.ts.clone())
+        .bind(r.client.clone())
+        .bind(r.role.clone())
+        .bind(r.method.clone())
+        .bind(r.path.clone())
+        .bind(r.query.clone())
+        .bind(r.request_id.clone())
+        .bind(r.trace_id.clone())
+        .bind(r.client_ip.clone())
+        .bind(r.request_body.clone())
+        .bind(r.status)
+        .bind(r.outcome.as_str())
+        .bind(r.response_body.clone())
+        .bind(r.duration_ms)
+        .bind(r.upstream_ms)
+        .bind(r.seq)
+        .bind(r.prev_hash.clone())
+        .bind(r.hash.clone())
 }
