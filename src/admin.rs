@@ -17,6 +17,7 @@ use http::request::Parts;
 use serde_json::json;
 
 use crate::audit::chain::{Anchors, VerifyReport};
+use crate::audit::error::AuditError;
 use crate::audit::query::{self, Filter, Format, csv_line};
 use crate::audit::reconcile;
 use crate::audit::record::AuditRecord;
@@ -227,7 +228,9 @@ async fn settled_store(gw: &Gateway, request_id: &RequestId) -> Result<Store, Re
     gw.audit.flush().await;
     match gw.audit.reader().await {
         Ok(store) => Ok(store.clone()),
-        Err(reason) => Err(GatewayError::AuditUnavailable(reason).into_response_with(request_id)),
+        Err(reason) => {
+            Err(GatewayError::AuditUnavailable(reason.to_string()).into_response_with(request_id))
+        }
     }
 }
 
@@ -259,7 +262,10 @@ pub async fn audit_query(
         Some(limit) => {
             let mut records = match store.page(&filter).await {
                 Ok(records) => records,
-                Err(e) => return GatewayError::AuditUnavailable(e).into_response_with(&request_id),
+                Err(e) => {
+                    return GatewayError::AuditUnavailable(e.to_string())
+                        .into_response_with(&request_id);
+                }
             };
             let next_cursor = (records.len() as i64 > limit)
                 .then(|| {
@@ -431,8 +437,20 @@ pub async fn audit_verify_against(
     };
     let checkpoints = match std::str::from_utf8(&body) {
         Ok(text) if !text.trim().is_empty() => signed_checkpoint::parse_lines(text),
-        Ok(_) => Err("the body is empty: send the checkpoint file (one JSON line each)".into()),
-        Err(_) => Err("the body is not UTF-8 text: send the checkpoint file as it is".into()),
+        Ok(_) => {
+            return bad(
+                "the checkpoint file: the body is empty: send the checkpoint file (one \
+                        JSON line each)"
+                    .into(),
+            );
+        }
+        Err(_) => {
+            return bad(
+                "the checkpoint file: the body is not UTF-8 text: send the checkpoint \
+                        file as it is"
+                    .into(),
+            );
+        }
     };
     let checkpoints = match checkpoints {
         Ok(checkpoints) => checkpoints,
@@ -452,7 +470,7 @@ pub async fn audit_verify_against(
 
 /// A verification's answer: 200 when the log verifies, 409 with the report naming the problem
 /// when not, 503 when the store could not be read.
-fn verification(report: Result<VerifyReport, String>, request_id: &RequestId) -> Response {
+fn verification(report: Result<VerifyReport, AuditError>, request_id: &RequestId) -> Response {
     match report {
         Ok(report) => {
             let status = if report.ok {
@@ -462,7 +480,9 @@ fn verification(report: Result<VerifyReport, String>, request_id: &RequestId) ->
             };
             (status, Json(report)).into_response()
         }
-        Err(reason) => GatewayError::AuditUnavailable(reason).into_response_with(request_id),
+        Err(reason) => {
+            GatewayError::AuditUnavailable(reason.to_string()).into_response_with(request_id)
+        }
     }
 }
 
@@ -509,7 +529,9 @@ pub async fn audit_activity(
     };
     match chart {
         Ok(chart) => Json(chart).into_response(),
-        Err(reason) => GatewayError::AuditUnavailable(reason).into_response_with(&request_id),
+        Err(reason) => {
+            GatewayError::AuditUnavailable(reason.to_string()).into_response_with(&request_id)
+        }
     }
 }
 

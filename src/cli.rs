@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{anyhow, bail};
 use clap::{Parser, Subcommand};
 
 use std::collections::HashMap;
@@ -166,12 +167,13 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 /// Runs a command: its exit code (2 when `audit reconcile` found changes made around the gateway),
 /// or the error `main` prints (exit code 1).
-pub fn run(cli: Cli) -> Result<ExitCode, String> {
-    let done = |result: Result<(), String>| result.map(|()| ExitCode::SUCCESS);
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
     match cli.command {
         Command::Serve { config, sandbox } => {
             let (config, source) = load_valid(config)?;
-            let telemetry = telemetry::init(&config.log, &config.telemetry)?;
+            let telemetry =
+                telemetry::init(&config.log, &config.telemetry).map_err(anyhow::Error::msg)?;
             let served = block_on(serve(config, source, sandbox));
             telemetry.shutdown();
             done(served)
@@ -193,10 +195,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, String> {
 }
 
 /// The checkpoint file and public key `audit verify` holds the store against.
-fn read_anchors(file: &std::path::Path, key: &str) -> Result<Anchors, String> {
+fn read_anchors(file: &std::path::Path, key: &str) -> anyhow::Result<Anchors> {
     let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read the checkpoint file {}: {e}", file.display()))?;
-    let checkpoints = parse_lines(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        .map_err(|e| anyhow!("cannot read the checkpoint file {}: {e}", file.display()))?;
+    let checkpoints = parse_lines(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
     let public_key = match std::fs::read_to_string(key) {
         Ok(text) => text.trim().to_string(),
         Err(_) => key.trim().to_string(),
@@ -208,19 +210,19 @@ fn read_anchors(file: &std::path::Path, key: &str) -> Result<Anchors, String> {
     })
 }
 
-fn block_on<T, F: std::future::Future<Output = Result<T, String>>>(future: F) -> Result<T, String> {
+fn block_on<T, F: std::future::Future<Output = anyhow::Result<T>>>(future: F) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .map_err(|e| anyhow!("cannot start the runtime: {e}"))?
         .block_on(future)
 }
 
-async fn open_store(config: &Config) -> Result<Store, String> {
-    Store::open(&config.audit.database_url).await
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Ok(Store::open(&config.audit.database_url).await?)
 }
 
-async fn migrate(path: Option<PathBuf>) -> Result<(), String> {
+async fn migrate(path: Option<PathBuf>) -> anyhow::Result<()> {
     let (config, _) = load_valid(path)?;
     open_store(&config).await?;
     println!(
@@ -242,7 +244,7 @@ fn redact_url(url: &str) -> String {
 }
 
 /// An audit command; `Reconcile` ends with exit code 2 when it found unmatched changes.
-async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<ExitCode, String> {
+async fn audit(path: Option<PathBuf>, command: AuditCommand) -> anyhow::Result<ExitCode> {
     let (config, _) = load_valid(path)?;
     let store = open_store(&config).await?;
     match command {
@@ -275,9 +277,10 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<ExitCode,
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
             .collect();
-            let (filter, format) = Filter::from_params(&params, false)?;
+            let (filter, format) =
+                Filter::from_params(&params, false).map_err(anyhow::Error::msg)?;
             if format == Format::Ndjson {
-                return Err("--format must be table, json or csv".into());
+                bail!("--format must be table, json or csv");
             }
             let records = store.page(&filter).await?;
             let shown = match filter.limit {
@@ -322,14 +325,21 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<ExitCode,
             }
             let reason = report.reason.unwrap_or_default();
             Err(match report.first_broken_id {
-                Some(id) => format!("the audit chain is broken at record {id}: {reason}"),
-                None => format!("the audit log does not verify: {reason}"),
+                Some(id) => anyhow!("the audit chain is broken at record {id}: {reason}"),
+                None => anyhow!("the audit log does not verify: {reason}"),
             })
         }
         AuditCommand::Reconcile { since } => {
-            let since = parse_time("--since", &since)?;
-            let upstream = Upstream::new(&config.upstream, Credentials::from_env()?, 1)?;
-            let report = reconcile(&upstream, &store, &since, unpaced()).await?;
+            let since = parse_time("--since", &since).map_err(anyhow::Error::msg)?;
+            let upstream = Upstream::new(
+                &config.upstream,
+                Credentials::from_env().map_err(anyhow::Error::msg)?,
+                1,
+            )
+            .map_err(anyhow::Error::msg)?;
+            let report = reconcile(&upstream, &store, &since, unpaced())
+                .await
+                .map_err(anyhow::Error::msg)?;
             for (endpoint, reason) in &report.skipped {
                 eprintln!("skipped {endpoint}: {reason}");
             }
@@ -353,13 +363,13 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> Result<ExitCode,
     }
 }
 
-fn load_valid(path: Option<PathBuf>) -> Result<(Config, Source), String> {
-    let (config, source) = Config::load(path.as_deref())?;
+fn load_valid(path: Option<PathBuf>) -> anyhow::Result<(Config, Source)> {
+    let (config, source) = Config::load(path.as_deref()).map_err(anyhow::Error::msg)?;
     let problems = config.problems();
     if problems.is_empty() {
         Ok((config, source))
     } else {
-        Err(format!(
+        Err(anyhow!(
             "the configuration ({source}) has {} problem(s):\n  - {}",
             problems.len(),
             problems.join("\n  - ")
@@ -368,21 +378,21 @@ fn load_valid(path: Option<PathBuf>) -> Result<(Config, Source), String> {
 }
 
 /// One plain HTTP/1.0 GET with a 3 s budget; Ok when the answer is 200.
-fn probe(url: &str) -> Result<(), String> {
+fn probe(url: &str) -> anyhow::Result<()> {
     use std::io::{Read, Write};
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("--url {url:?}: {e}"))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| anyhow!("--url {url:?}: {e}"))?;
     if parsed.scheme() != "http" {
-        return Err(format!("--url {url:?}: only http:// is probed"));
+        return Err(anyhow!("--url {url:?}: only http:// is probed"));
     }
     let host = parsed.host_str().unwrap_or("127.0.0.1");
     let port = parsed.port_or_known_default().unwrap_or(80);
     let timeout = std::time::Duration::from_secs(3);
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
-        .map_err(|e| format!("{url}: {e}"))?
+        .map_err(|e| anyhow!("{url}: {e}"))?
         .next()
-        .ok_or_else(|| format!("{url}: no address"))?;
+        .ok_or_else(|| anyhow!("{url}: no address"))?;
     let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{url}: {e}"))?;
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| anyhow!("{url}: {e}"))?;
     stream.set_read_timeout(Some(timeout)).ok();
     let target = match parsed.query() {
         Some(query) => format!("{}?{query}", parsed.path()),
@@ -391,22 +401,22 @@ fn probe(url: &str) -> Result<(), String> {
     let request = format!("GET {target} HTTP/1.0\r\nHost: {host}\r\n\r\n");
     stream
         .write_all(request.as_bytes())
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| anyhow!("{url}: {e}"))?;
     let mut head = [0u8; 32];
-    let read = stream.read(&mut head).map_err(|e| format!("{url}: {e}"))?;
+    let read = stream.read(&mut head).map_err(|e| anyhow!("{url}: {e}"))?;
     let status_line = String::from_utf8_lossy(&head[..read]);
     if status_line.starts_with("HTTP/1.0 200") || status_line.starts_with("HTTP/1.1 200") {
         println!("ok: {url}");
         Ok(())
     } else {
-        Err(format!(
+        Err(anyhow!(
             "{url} answered {:?}",
             status_line.lines().next().unwrap_or("")
         ))
     }
 }
 
-fn check_config(path: Option<PathBuf>) -> Result<(), String> {
+fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     let (config, source) = load_valid(path)?;
     println!("configuration OK ({source})");
     println!("  listen: {}", config.server.listen);
@@ -417,7 +427,10 @@ fn check_config(path: Option<PathBuf>) -> Result<(), String> {
         );
     }
     // The certificate files are read here too, so a broken pair shows before a start.
-    if crate::tls::Tls::from_settings(&config.server)?.is_some() {
+    if crate::tls::Tls::from_settings(&config.server)
+        .map_err(anyhow::Error::msg)?
+        .is_some()
+    {
         println!(
             "  TLS: on ({}){}",
             config.server.tls_cert_file,
@@ -436,7 +449,10 @@ fn check_config(path: Option<PathBuf>) -> Result<(), String> {
         config.upstream.api_url, config.upstream.auth_url
     );
     println!("  clients: {}", config.clients.len());
-    let signing_key = config.auth.signing_key_bytes()?;
+    let signing_key = config
+        .auth
+        .signing_key_bytes()
+        .map_err(anyhow::Error::msg)?;
     println!(
         "  token endpoint: {}",
         if signing_key.is_some() {
@@ -472,7 +488,7 @@ fn check_config(path: Option<PathBuf>) -> Result<(), String> {
 
 /// `keys new-signing PATH`: a new checkpoint signing key, created with mode 0600 (an existing file
 /// is refused, so a key in use is never replaced by accident).
-fn new_signing_key(path: &std::path::Path) -> Result<(), String> {
+fn new_signing_key(path: &std::path::Path) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let (pem, public_key) = new_private_key()?;
@@ -482,15 +498,15 @@ fn new_signing_key(path: &std::path::Path) -> Result<(), String> {
         .mode(0o600)
         .open(path)
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => format!(
+            std::io::ErrorKind::AlreadyExists => anyhow!(
                 "{} exists already; a signing key is never overwritten (move it aside first)",
                 path.display()
             ),
-            _ => format!("cannot create {}: {e}", path.display()),
+            _ => anyhow!("cannot create {}: {e}", path.display()),
         })?;
     file.write_all(pem.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))?;
     println!(
         "signing key written to {} (set audit.signing_key_file to it; every replica on one \
          database needs the same file)",
@@ -512,13 +528,13 @@ pub fn new_key(name: &str, role: Role) -> String {
     )
 }
 
-async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<(), String> {
+async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> anyhow::Result<()> {
     let mut sandbox = None;
     let mut sandbox_clients = Vec::new();
     let credentials = if use_sandbox {
         let sb = Sandbox::start(SandboxOptions::default())
             .await
-            .map_err(|e| format!("cannot start the sandbox: {e}"))?;
+            .map_err(|e| anyhow!("cannot start the sandbox: {e}"))?;
         config.upstream.api_url = sb.api_url();
         config.upstream.auth_url = sb.auth_url();
         let (key, client) = sandbox_admin_client();
@@ -540,10 +556,12 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
         sandbox = Some(sb);
         credentials
     } else {
-        Credentials::from_env()?
+        Credentials::from_env().map_err(anyhow::Error::msg)?
     };
     let workers = config.worker_count();
-    let application = Application::build(config, credentials).await?;
+    let application = Application::build(config, credentials)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let addr = application.address();
     let gateway = application.gateway().clone();
     let scheme = if gateway.tls.is_some() {
@@ -565,11 +583,11 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> Result<
     tracing::info!(%addr, admin = ?application.admin_address(), config = %source, sandbox = use_sandbox, workers, "gateway started");
     #[cfg(unix)]
     let _reloader = crate::reload::on_sighup(gateway, source, sandbox_clients)
-        .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+        .map_err(|e| anyhow!("cannot listen for SIGHUP: {e}"))?;
     application
         .run_until_stopped(shutdown::signal())
         .await
-        .map_err(|e| format!("server error: {e}"))?;
+        .map_err(|e| anyhow!("server error: {e}"))?;
     drop(sandbox);
     tracing::info!("gateway stopped");
     Ok(())

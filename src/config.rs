@@ -409,7 +409,10 @@ impl Default for AuditConfig {
 
 impl AuditConfig {
     /// The key that signs checkpoints, when one is configured (or the sandbox made one).
-    pub fn checkpoint_signer(&self) -> Result<Option<crate::signed_checkpoint::Signer>, String> {
+    pub fn checkpoint_signer(
+        &self,
+    ) -> Result<Option<crate::signed_checkpoint::Signer>, crate::signed_checkpoint::CheckpointError>
+    {
         use crate::signed_checkpoint::Signer;
         use secrecy::ExposeSecret;
         if let Some(pem) = &self.signing_key_pem {
@@ -812,7 +815,7 @@ impl Config {
         let a = &self.audit;
         let mut problems = Vec::new();
         if let Err(problem) = a.checkpoint_signer() {
-            problems.push(problem);
+            problems.push(problem.to_string());
         }
         if a.checkpoint_interval.is_zero() {
             problems.push("audit.checkpoint_secs must be at least 1 (default 60)".into());

@@ -69,7 +69,7 @@ impl Gateway {
             stopping: tokio::sync::watch::Sender::new(false),
             team_tokens,
             trusted_proxies,
-            audit: AuditLog::start(&config.audit)?,
+            audit: AuditLog::start(&config.audit).map_err(|e| e.to_string())?,
             limits: RateLimits::new(&config.rate_limit)?,
             cache,
             clients: ArcSwap::from_pointee(ClientRegistry::from_config(

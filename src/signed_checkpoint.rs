@@ -13,6 +13,86 @@ use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// Why a signing key, a checkpoint line or the checkpoint file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("not a signed checkpoint ({0})")]
+    NotACheckpoint(#[source] serde_json::Error),
+    #[error("line {line}: not a signed checkpoint ({source})")]
+    BadLine {
+        line: usize,
+        source: serde_json::Error,
+    },
+    #[error("not a PKCS#8 PEM private key ({0})")]
+    NotPem(#[source] rustls::pki_types::pem::Error),
+    #[error("not an Ed25519 private key ({0})")]
+    NotEd25519(#[source] aws_lc_rs::error::KeyRejected),
+    #[error(
+        "audit.signing_key_file = {path:?} cannot be read ({source}); write one with \
+         `contabo-gateway keys new-signing {path}`"
+    )]
+    KeyUnreadable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "audit.signing_key_file = {path:?} is {source}; write one with \
+         `contabo-gateway keys new-signing PATH`"
+    )]
+    KeyInvalid {
+        path: String,
+        source: Box<CheckpointError>,
+    },
+    #[error("cannot generate an Ed25519 key")]
+    KeyGeneration,
+    #[error("cannot read the checkpoint file {path}: {source}")]
+    FileUnreadable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the checkpoint file {path}'s last line is not a signed checkpoint ({source}); move the file aside"
+    )]
+    FileLastLine {
+        path: String,
+        source: serde_json::Error,
+    },
+    /// A file of checkpoints (or a copy of one) with a line that is not one.
+    #[error("{path}: {source}")]
+    FileContent {
+        path: String,
+        source: Box<CheckpointError>,
+    },
+    #[error("cannot write the checkpoint file {path}: {source}")]
+    FileUnwritable {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Why a sequence of checkpoints does not hold: the first checkpoint that fails, and how.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SequenceBroken {
+    #[error("the public key is not an Ed25519 public key in base64 (44 characters)")]
+    NotAPublicKey,
+    #[error("checkpoint {checkpoint} was signed by another key ({key})")]
+    OtherKey { checkpoint: i64, key: String },
+    #[error("checkpoint {0}: its signature does not match its content (it was altered)")]
+    Altered(i64),
+    #[error("checkpoint {expected} is missing: the next one found is {found}")]
+    Missing { expected: i64, found: i64 },
+    #[error(
+        "checkpoint {checkpoint} does not name the digest of checkpoint {}: the sequence was broken",
+        checkpoint - 1
+    )]
+    Unlinked { checkpoint: i64 },
+    #[error(
+        "checkpoint {checkpoint} goes back from seq {from} to seq {to}: records were deleted \
+         before it was signed"
+    )]
+    GoesBack { checkpoint: i64, from: i64, to: i64 },
+}
+
 /// The `previous` of the first checkpoint, and the hash the audit chain starts from.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -59,8 +139,8 @@ impl Checkpoint {
         serde_json::to_string(self).expect("a checkpoint serialises")
     }
 
-    pub fn parse(line: &str) -> Result<Self, String> {
-        serde_json::from_str(line).map_err(|e| format!("not a signed checkpoint ({e})"))
+    pub fn parse(line: &str) -> Result<Self, CheckpointError> {
+        serde_json::from_str(line).map_err(CheckpointError::NotACheckpoint)
     }
 
     /// Whether `public_key` (base64) signed exactly this checkpoint.
@@ -75,11 +155,16 @@ impl Checkpoint {
 }
 
 /// Reads checkpoint lines (the file, or the database's copy): every non-empty line must be one.
-pub fn parse_lines(text: &str) -> Result<Vec<Checkpoint>, String> {
+pub fn parse_lines(text: &str) -> Result<Vec<Checkpoint>, CheckpointError> {
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(n, line)| Checkpoint::parse(line).map_err(|e| format!("line {}: {e}", n + 1)))
+        .map(|(n, line)| {
+            serde_json::from_str(line).map_err(|source| CheckpointError::BadLine {
+                line: n + 1,
+                source,
+            })
+        })
         .collect()
 }
 
@@ -100,24 +185,23 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
-        let der = PrivatePkcs8KeyDer::from_pem_slice(pem)
-            .map_err(|e| format!("not a PKCS#8 PEM private key ({e})"))?;
+    pub fn from_pem(pem: &[u8]) -> Result<Self, CheckpointError> {
+        let der = PrivatePkcs8KeyDer::from_pem_slice(pem).map_err(CheckpointError::NotPem)?;
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
-            .map_err(|e| format!("not an Ed25519 private key ({e})"))?;
+            .map_err(CheckpointError::NotEd25519)?;
         let public_key = BASE64.encode(pair.public_key().as_ref());
         Ok(Self { pair, public_key })
     }
 
-    pub fn load(path: &str) -> Result<Self, String> {
-        let pem = std::fs::read(path).map_err(|e| {
-            format!(
-                "audit.signing_key_file = {path:?} cannot be read ({e}); write one with \
-                 `contabo-gateway keys new-signing {path}`"
-            )
+    pub fn load(path: &str) -> Result<Self, CheckpointError> {
+        let pem = std::fs::read(path).map_err(|source| CheckpointError::KeyUnreadable {
+            path: path.to_string(),
+            source,
         })?;
-        Self::from_pem(&pem)
-            .map_err(|e| format!("audit.signing_key_file = {path:?} is {e}; write one with `contabo-gateway keys new-signing PATH`"))
+        Self::from_pem(&pem).map_err(|e| CheckpointError::KeyInvalid {
+            path: path.to_string(),
+            source: Box::new(e),
+        })
     }
 
     /// The public key, base64: all a verifier needs.
@@ -136,11 +220,11 @@ impl Signer {
 }
 
 /// A new Ed25519 private key as PKCS#8 PEM, and its public key (base64).
-pub fn new_private_key() -> Result<(String, String), String> {
-    let pair = Ed25519KeyPair::generate().map_err(|_| "cannot generate an Ed25519 key")?;
+pub fn new_private_key() -> Result<(String, String), CheckpointError> {
+    let pair = Ed25519KeyPair::generate().map_err(|_| CheckpointError::KeyGeneration)?;
     let der = pair
         .to_pkcs8v1()
-        .map_err(|_| "cannot encode the Ed25519 key")?;
+        .map_err(|_| CheckpointError::KeyGeneration)?;
     let body = BASE64.encode(der.as_ref());
     let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
     for chunk in body.as_bytes().chunks(64) {
@@ -172,30 +256,28 @@ impl CheckpointFile {
     }
 
     /// The number of the file's last checkpoint (0 when it has none yet).
-    pub async fn last_number(&mut self) -> Result<i64, String> {
+    pub async fn last_number(&mut self) -> Result<i64, CheckpointError> {
         if let Some(last) = self.last {
             return Ok(last);
         }
         let text = match tokio::fs::read_to_string(&self.path).await {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => {
-                return Err(format!(
-                    "cannot read the checkpoint file {}: {e}",
-                    self.path
-                ));
+            Err(source) => {
+                return Err(CheckpointError::FileUnreadable {
+                    path: self.path.clone(),
+                    source,
+                });
             }
         };
         let last = match text.lines().rev().find(|l| !l.trim().is_empty()) {
             Some(line) => {
-                Checkpoint::parse(line)
-                    .map_err(|e| {
-                        format!(
-                            "the checkpoint file {}'s last line is {e}; move the file aside",
-                            self.path
-                        )
-                    })?
-                    .checkpoint
+                let last: Checkpoint =
+                    serde_json::from_str(line).map_err(|source| CheckpointError::FileLastLine {
+                        path: self.path.clone(),
+                        source,
+                    })?;
+                last.checkpoint
             }
             None => 0,
         };
@@ -204,13 +286,15 @@ impl CheckpointFile {
     }
 
     /// Appends checkpoint lines (in order) and syncs them to disk.
-    pub async fn append(&mut self, lines: &[String]) -> Result<(), String> {
+    pub async fn append(&mut self, lines: &[String]) -> Result<(), CheckpointError> {
         use tokio::io::AsyncWriteExt;
         let Some(last) = lines.last() else {
             return Ok(());
         };
-        let failed =
-            |e: std::io::Error| format!("cannot write the checkpoint file {}: {e}", self.path);
+        let failed = |source| CheckpointError::FileUnwritable {
+            path: self.path.clone(),
+            source,
+        };
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -229,23 +313,23 @@ impl CheckpointFile {
 /// Checks a sequence of checkpoints on its own: each signed by `public_key` (base64), numbered
 /// from 1 without gaps, naming the digest of the one before, never going back in the chain.
 /// The error names the first checkpoint that fails and why.
-pub fn check_sequence(checkpoints: &[Checkpoint], public_key: &str) -> Result<(), String> {
+pub fn check_sequence(checkpoints: &[Checkpoint], public_key: &str) -> Result<(), SequenceBroken> {
     let key = BASE64
         .decode(public_key.trim())
         .ok()
         .filter(|k| k.len() == 32)
-        .ok_or("the public key is not an Ed25519 public key in base64 (44 characters)")?;
+        .ok_or(SequenceBroken::NotAPublicKey)?;
     let mut previous: Option<&Checkpoint> = None;
     for checkpoint in checkpoints {
         let n = checkpoint.checkpoint;
         if !checkpoint.signed_by(&key) {
             return Err(if checkpoint.key != public_key.trim() {
-                format!(
-                    "checkpoint {n} was signed by another key ({})",
-                    checkpoint.key
-                )
+                SequenceBroken::OtherKey {
+                    checkpoint: n,
+                    key: checkpoint.key.clone(),
+                }
             } else {
-                format!("checkpoint {n}: its signature does not match its content (it was altered)")
+                SequenceBroken::Altered(n)
             });
         }
         let (number, digest) = match previous {
@@ -253,24 +337,22 @@ pub fn check_sequence(checkpoints: &[Checkpoint], public_key: &str) -> Result<()
             None => (1, GENESIS_HASH.to_string()),
         };
         if n != number {
-            return Err(format!(
-                "checkpoint {number} is missing: the next one found is {n}"
-            ));
+            return Err(SequenceBroken::Missing {
+                expected: number,
+                found: n,
+            });
         }
         if checkpoint.previous != digest {
-            return Err(format!(
-                "checkpoint {n} does not name the digest of checkpoint {}: the sequence was broken",
-                n - 1
-            ));
+            return Err(SequenceBroken::Unlinked { checkpoint: n });
         }
         if let Some(p) = previous
             && (checkpoint.seq < p.seq || checkpoint.pruned_through < p.pruned_through)
         {
-            return Err(format!(
-                "checkpoint {n} goes back from seq {} to seq {}: records were deleted before it \
-                 was signed",
-                p.seq, checkpoint.seq
-            ));
+            return Err(SequenceBroken::GoesBack {
+                checkpoint: n,
+                from: p.seq,
+                to: checkpoint.seq,
+            });
         }
         previous = Some(checkpoint);
     }
@@ -309,44 +391,46 @@ mod tests {
 
         let mut altered = parsed.clone();
         altered[1].seq = 4;
-        assert!(
-            check_sequence(&altered, &public)
-                .unwrap_err()
-                .contains("altered")
-        );
+        let broken = check_sequence(&altered, &public).unwrap_err();
+        assert_eq!(broken, SequenceBroken::Altered(2));
+        assert!(broken.to_string().contains("altered"), "{broken}");
         let (_, other) = new_private_key().unwrap();
+        let broken = check_sequence(&parsed, &other).unwrap_err();
         assert!(
-            check_sequence(&parsed, &other)
-                .unwrap_err()
-                .contains("another key")
+            matches!(broken, SequenceBroken::OtherKey { checkpoint: 1, .. }),
+            "{broken}"
         );
-        assert!(
-            check_sequence(&parsed[1..], &public)
-                .unwrap_err()
-                .contains("checkpoint 1 is missing")
+        assert!(broken.to_string().contains("another key"), "{broken}");
+        let broken = check_sequence(&parsed[1..], &public).unwrap_err();
+        assert_eq!(
+            broken.to_string(),
+            "checkpoint 1 is missing: the next one found is 2"
         );
         let unlinked = signed(&signer, 2, 5, GENESIS_HASH);
-        assert!(
-            check_sequence(&[first.clone(), unlinked], &public)
-                .unwrap_err()
-                .contains("digest")
+        let broken = check_sequence(&[first.clone(), unlinked], &public).unwrap_err();
+        assert_eq!(
+            broken.to_string(),
+            "checkpoint 2 does not name the digest of checkpoint 1: the sequence was broken"
         );
         let backwards = signed(&signer, 2, 2, &first.digest());
-        assert!(
-            check_sequence(&[first, backwards], &public)
-                .unwrap_err()
-                .contains("goes back")
+        let broken = check_sequence(&[first, backwards], &public).unwrap_err();
+        assert_eq!(
+            broken,
+            SequenceBroken::GoesBack {
+                checkpoint: 2,
+                from: 3,
+                to: 2
+            }
         );
+        assert!(check_sequence(&parsed, "not a key").is_err());
     }
 
     #[test]
     fn an_openssl_style_pkcs8_key_is_read_and_garbage_is_refused() {
         let (pem, _) = new_private_key().unwrap();
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
-        assert!(
-            Signer::from_pem(b"not a key")
-                .unwrap_err()
-                .contains("PKCS#8")
-        );
+        let refused = Signer::from_pem(b"not a key").unwrap_err();
+        assert!(matches!(refused, CheckpointError::NotPem(_)), "{refused}");
+        assert!(refused.to_string().contains("PKCS#8"), "{refused}");
     }
 }

@@ -9,6 +9,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{Backend, TestGateway, cli, fresh_database, start_with, wait_ready};
+use contabo_gateway::audit::error::AuditError;
 use contabo_gateway::audit::record::GENESIS_HASH;
 use contabo_gateway::audit::store::Store;
 use contabo_gateway::sandbox::SandboxOptions;
@@ -221,7 +222,12 @@ async fn a_deleted_tail_is_caught(backend: Backend) {
     );
     // The gateway itself refuses to sign over the cut.
     let refused = s.gw.gateway.audit.checkpoint().await.unwrap_err();
-    assert!(refused.contains("records were deleted"), "{refused}");
+    assert!(matches!(refused, AuditError::NotSigning(_)), "{refused:?}");
+    assert!(
+        refused.to_string().starts_with("not signing: ")
+            && refused.to_string().contains("records were deleted"),
+        "{refused}"
+    );
 }
 
 async fn a_deleted_middle_record_with_the_rest_renumbered_is_caught(backend: Backend) {

@@ -4,6 +4,7 @@
 
 use futures_util::StreamExt;
 
+use super::error::AuditError;
 use super::record::{AuditRecord, column_list};
 use super::record::{GENESIS_HASH, now_ts};
 use super::store::{Backed, Connection, Store, fetch_records, on_backend};
@@ -64,10 +65,9 @@ impl Store {
     /// Walks the chain in order and recomputes every hash; with `anchors`, also holds the store
     /// against signed checkpoints: every record they cover still has the hash they signed, none
     /// they counted is gone from the start, the middle or the tail.
-    pub async fn verify(&self, anchors: Option<&Anchors>) -> Result<VerifyReport, String> {
-        let err = |e: sqlx::Error| e.to_string();
-        let mut conn = self.connection().await.map_err(err)?;
-        let pruned = pruned_start(&mut conn).await.map_err(err)?;
+    pub async fn verify(&self, anchors: Option<&Anchors>) -> Result<VerifyReport, AuditError> {
+        let mut conn = self.connection().await?;
+        let pruned = pruned_start(&mut conn).await?;
         let (mut seq, mut prev) = pruned.clone().unwrap_or((0, GENESIS_HASH.to_string()));
         let mut report = VerifyReport {
             ok: true,
@@ -95,13 +95,12 @@ impl Store {
             sqlx::query_scalar("SELECT COUNT(*) FROM audit_records WHERE seq IS NULL")
                 .fetch_one(&mut **c)
                 .await
-        })
-        .map_err(err)?;
+        })?;
         report.pending = pending as u64;
         let latest = anchors.and_then(|a| a.checkpoints.last());
         if let Some(anchors) = anchors {
             if let Err(reason) = check_sequence(&anchors.checkpoints, &anchors.public_key) {
-                return fail(report, None, reason);
+                return fail(report, None, reason.to_string());
             }
             if let Some(latest) = latest
                 && let Some(reason) = start_differs(latest, seq, &prev)
@@ -124,7 +123,7 @@ impl Store {
             Backed::Postgres(c) => fetch_records!(&mut **c, sql).right_stream(),
         };
         while let Some(record) = rows.next().await {
-            let record: AuditRecord = record.map_err(err)?;
+            let record: AuditRecord = record?;
             let broken = if record.seq != Some(seq + 1) {
                 Some(format!("sequence jumps from {seq} to {:?}", record.seq))
             } else if record.prev_hash.as_deref() != Some(prev.as_str()) {
@@ -170,18 +169,17 @@ impl Store {
     }
 
     /// The signed checkpoints the database holds, oldest first.
-    pub async fn signed_checkpoints(&self) -> Result<Vec<Checkpoint>, String> {
+    pub async fn signed_checkpoints(&self) -> Result<Vec<Checkpoint>, AuditError> {
         let lines: Vec<String> = on_backend!(&self.pool, pool => {
             sqlx::query_scalar("SELECT line FROM audit_signed_checkpoints ORDER BY checkpoint")
                 .fetch_all(pool)
                 .await
-        })
-        .map_err(|e| e.to_string())?;
-        parse_lines(&lines.join("\n"))
+        })?;
+        Ok(parse_lines(&lines.join("\n"))?)
     }
 
     /// The database's signed checkpoints after number `after`, as lines (for the checkpoint file).
-    pub async fn signed_lines_after(&self, after: i64) -> Result<Vec<String>, String> {
+    pub async fn signed_lines_after(&self, after: i64) -> Result<Vec<String>, AuditError> {
         on_backend!(&self.pool, pool => {
             sqlx::query_scalar(
                 "SELECT line FROM audit_signed_checkpoints WHERE checkpoint > $1 ORDER BY checkpoint",
@@ -190,19 +188,18 @@ impl Store {
             .fetch_all(pool)
             .await
         })
-        .map_err(|e| e.to_string())
+        .map_err(AuditError::from)
     }
 
     /// Signs the chain's head under the chain lock (replicas share one sequence), unless nothing
     /// changed since the last checkpoint. Refuses, naming why, to sign a chain that no longer
     /// holds what the last checkpoint signed.
-    pub async fn sign_checkpoint(&self, signer: &Signer) -> Result<Option<Checkpoint>, String> {
-        let err = |e: sqlx::Error| e.to_string();
-        let mut conn = self.connection().await.map_err(err)?;
-        Self::lock_chain(&mut conn).await.map_err(err)?;
+    pub async fn sign_checkpoint(&self, signer: &Signer) -> Result<Option<Checkpoint>, AuditError> {
+        let mut conn = self.connection().await?;
+        Self::lock_chain(&mut conn).await?;
         match checkpoint_head(&mut conn, signer).await {
             Ok(checkpoint) => {
-                Self::commit(&mut conn).await.map_err(err)?;
+                Self::commit(&mut conn).await?;
                 Ok(checkpoint)
             }
             Err(reason) => {
@@ -215,13 +212,12 @@ impl Store {
     /// Deletes finalised records older than `before` (an RFC 3339 timestamp) from the start of the
     /// chain, and records a checkpoint with the last deleted record's hash so the rest verifies;
     /// with a `signer`, a signed checkpoint in the same transaction says where the cut is.
-    pub async fn prune(&self, before: &str, signer: Option<&Signer>) -> Result<u64, String> {
-        let err = |e: sqlx::Error| e.to_string();
-        let mut conn = self.connection().await.map_err(err)?;
-        Self::lock_chain(&mut conn).await.map_err(err)?;
+    pub async fn prune(&self, before: &str, signer: Option<&Signer>) -> Result<u64, AuditError> {
+        let mut conn = self.connection().await?;
+        Self::lock_chain(&mut conn).await?;
         match prune_locked(&mut conn, before, signer).await {
             Ok(deleted) => {
-                Self::commit(&mut conn).await.map_err(err)?;
+                Self::commit(&mut conn).await?;
                 Ok(deleted)
             }
             Err(reason) => {
@@ -271,30 +267,27 @@ async fn pruned_start(conn: &mut Connection) -> Result<Option<(i64, String)>, sq
 async fn checkpoint_head(
     conn: &mut Connection,
     signer: &Signer,
-) -> Result<Option<Checkpoint>, String> {
-    let err = |e: sqlx::Error| e.to_string();
+) -> Result<Option<Checkpoint>, AuditError> {
     let last: Option<String> = on_backend!(&mut *conn, c => {
         sqlx::query_scalar("SELECT line FROM audit_signed_checkpoints ORDER BY checkpoint DESC LIMIT 1")
             .fetch_optional(&mut **c)
             .await
-    })
-    .map_err(err)?;
+    })?;
     let last = last.map(|line| Checkpoint::parse(&line)).transpose()?;
-    let tail = Store::tail(conn).await.map_err(err)?;
+    let tail = Store::tail(conn).await?;
     let (pruned_through, pruned_hash) = pruned_start(conn)
-        .await
-        .map_err(err)?
+        .await?
         .unwrap_or((0, GENESIS_HASH.to_string()));
     match &last {
         None if tail.seq == 0 => return Ok(None),
         None => {}
         Some(last) => {
             if tail.seq < last.seq {
-                return Err(format!(
-                    "not signing: the chain ends at seq {}, before signed checkpoint {} (seq {}); \
-                     records were deleted from the store",
+                return Err(AuditError::NotSigning(format!(
+                    "the chain ends at seq {}, before signed checkpoint {} (seq {}); records were \
+                     deleted from the store",
                     tail.seq, last.checkpoint, last.seq
-                ));
+                )));
             }
             if last.seq > pruned_through {
                 let hash: Option<Option<String>> = on_backend!(&mut *conn, c => {
@@ -302,15 +295,14 @@ async fn checkpoint_head(
                         .bind(last.seq)
                         .fetch_optional(&mut **c)
                         .await
-                })
-                .map_err(err)?;
+                })?;
                 let hash = hash.flatten();
                 if hash.as_deref() != Some(last.hash.as_str()) {
-                    return Err(format!(
-                        "not signing: the record at seq {} no longer has the hash signed \
-                         checkpoint {} covered; the chain was rewritten",
+                    return Err(AuditError::NotSigning(format!(
+                        "the record at seq {} no longer has the hash signed checkpoint {} \
+                         covered; the chain was rewritten",
                         last.seq, last.checkpoint
-                    ));
+                    )));
                 }
             }
             if tail.seq == last.seq && pruned_through == last.pruned_through {
@@ -323,8 +315,7 @@ async fn checkpoint_head(
             .bind(tail.seq)
             .fetch_one(&mut **c)
             .await
-    })
-    .map_err(err)?;
+    })?;
     let checkpoint = signer.sign(Checkpoint {
         checkpoint: last.as_ref().map_or(1, |l| l.checkpoint + 1),
         seq: tail.seq,
@@ -346,8 +337,7 @@ async fn checkpoint_head(
             .execute(&mut **c)
             .await
             .map(drop)
-    })
-    .map_err(err)?;
+    })?;
     Ok(Some(checkpoint))
 }
 
@@ -356,16 +346,14 @@ async fn prune_locked(
     conn: &mut Connection,
     before: &str,
     signer: Option<&Signer>,
-) -> Result<u64, String> {
-    let err = |e: sqlx::Error| e.to_string();
+) -> Result<u64, AuditError> {
     // Only a prefix of the chain can go: up to the first record that is young enough to stay.
     let stop: Option<i64> = on_backend!(&mut *conn, c => {
         sqlx::query_scalar("SELECT MIN(seq) FROM audit_records WHERE seq IS NOT NULL AND ts >= $1")
             .bind(before)
             .fetch_one(&mut **c)
             .await
-    })
-    .map_err(err)?;
+    })?;
     let last: Option<(i64, String)> = on_backend!(&mut *conn, c => {
         sqlx::query_as(
             "SELECT seq, hash FROM audit_records WHERE seq IS NOT NULL AND ts < $1 \
@@ -375,8 +363,7 @@ async fn prune_locked(
         .bind(stop)
         .fetch_optional(&mut **c)
         .await
-    })
-    .map_err(err)?;
+    })?;
     let Some((last_seq, last_hash)) = last else {
         return Ok(0);
     };
@@ -386,8 +373,7 @@ async fn prune_locked(
             .execute(&mut **c)
             .await
             .map(|done| done.rows_affected())
-    })
-    .map_err(err)?;
+    })?;
     on_backend!(&mut *conn, c => {
         sqlx::query(
             "INSERT INTO audit_checkpoints (created_at, last_seq, last_hash, pruned_before, \
@@ -401,8 +387,7 @@ async fn prune_locked(
         .execute(&mut **c)
         .await
         .map(drop)
-    })
-    .map_err(err)?;
+    })?;
     if let Some(signer) = signer {
         checkpoint_head(conn, signer).await?;
     }

@@ -1,6 +1,7 @@
 //! The SQLite writer's claim on its file: one gateway process writes a SQLite audit file at a
 //! time, so its idea of the chain's tail stays true.
 
+use super::error::AuditError;
 use super::store::{Backend, backend_of, sqlite_file};
 
 /// The right to write a SQLite audit file, held by one gateway process at a time: an exclusive
@@ -13,8 +14,8 @@ pub struct WriterClaim {
 }
 
 impl WriterClaim {
-    pub fn take(url: &str) -> Result<Self, String> {
-        if backend_of(url)? == Backend::Postgres {
+    pub fn take(url: &str) -> Result<Self, AuditError> {
+        if backend_of(url).map_err(AuditError::Url)? == Backend::Postgres {
             return Ok(Self { _lock: None });
         }
         let (path, _) = sqlite_file(url)?;
@@ -24,17 +25,22 @@ impl WriterClaim {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| format!("cannot open the audit writer lock {lock_path}: {e}"))?;
+            .map_err(|source| AuditError::WriterLock {
+                action: "open",
+                lock: lock_path.clone(),
+                source,
+            })?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _lock: Some(file) }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-                "the audit file {path} is written by another gateway process (it holds \
-                 {lock_path}); give every process its own file, or use PostgreSQL for several \
-                 replicas"
-            )),
-            Err(std::fs::TryLockError::Error(e)) => Err(format!(
-                "cannot lock the audit writer lock {lock_path}: {e}"
-            )),
+            Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::WrittenElsewhere {
+                file: path.to_string(),
+                lock: lock_path,
+            }),
+            Err(std::fs::TryLockError::Error(source)) => Err(AuditError::WriterLock {
+                action: "lock",
+                lock: lock_path,
+                source,
+            }),
         }
     }
 }

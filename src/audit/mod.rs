@@ -7,6 +7,7 @@
 //! `audit.fail_open`. Secrets in bodies are redacted; credentials are never stored.
 
 pub mod chain;
+pub mod error;
 pub mod lock;
 pub mod query;
 pub mod reconcile;
@@ -25,7 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::AuditConfig;
 use crate::error::GatewayError;
 use crate::request_id::RequestId;
-use crate::signed_checkpoint::{Checkpoint, CheckpointFile, Signer, parse_lines};
+use crate::signed_checkpoint::{Checkpoint, CheckpointError, CheckpointFile, Signer, parse_lines};
+use error::AuditError;
 use record::{AuditRecord, BodyPolicy, Outcome, millis, now_ts};
 use store::Anchors;
 use writer::{Health, Op};
@@ -52,7 +54,7 @@ struct Checkpoints {
 impl AuditLog {
     /// Starts the writer task on the current runtime; it opens the store (and keeps trying).
     /// Fails when the checkpoint signing key cannot be read.
-    pub fn start(config: &AuditConfig) -> Result<Self, String> {
+    pub fn start(config: &AuditConfig) -> Result<Self, AuditError> {
         let checkpoints = match config.checkpoint_signer()? {
             Some(signer) if config.enabled => Some(Checkpoints {
                 signer,
@@ -103,7 +105,7 @@ impl AuditLog {
     /// Signs a checkpoint of the chain's head (none when nothing changed since the last one),
     /// logs it, and appends to the checkpoint file every signed checkpoint it lacks (replicas
     /// share one sequence, so each file holds all of them).
-    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, String> {
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
         let Some(checkpoints) = &self.checkpoints else {
             return Ok(None);
         };
@@ -128,7 +130,7 @@ impl AuditLog {
 
     /// What the gateway verifies the store against: its checkpoint file when it writes one (out
     /// of the database administrator's reach), else the database's copy; none without a key.
-    pub async fn anchors(&self) -> Result<Option<Anchors>, String> {
+    pub async fn anchors(&self) -> Result<Option<Anchors>, AuditError> {
         let Some(checkpoints) = &self.checkpoints else {
             return Ok(None);
         };
@@ -138,12 +140,17 @@ impl AuditLog {
                 let text = match tokio::fs::read_to_string(&path).await {
                     Ok(text) => text,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                    Err(e) => return Err(format!("cannot read the checkpoint file {path}: {e}")),
+                    Err(source) => {
+                        return Err(CheckpointError::FileUnreadable { path, source }.into());
+                    }
                 };
-                (
-                    parse_lines(&text).map_err(|e| format!("{path}: {e}"))?,
-                    path,
-                )
+                match parse_lines(&text) {
+                    Ok(list) => (list, path),
+                    Err(e) => {
+                        let source = Box::new(e);
+                        return Err(CheckpointError::FileContent { path, source }.into());
+                    }
+                }
             }
             None => (
                 self.reader().await?.signed_checkpoints().await?,
@@ -158,9 +165,9 @@ impl AuditLog {
     }
 
     /// The store for queries and verification (opened on first use).
-    pub async fn reader(&self) -> Result<&store::Store, String> {
+    pub async fn reader(&self) -> Result<&store::Store, AuditError> {
         if !self.config.enabled {
-            return Err("the audit log is turned off (audit.enabled = false)".into());
+            return Err(AuditError::Disabled);
         }
         self.reader
             .get_or_try_init(|| store::Store::open(&self.config.database_url))

@@ -132,7 +132,8 @@ pub async fn reconcile(
     };
     let ours: HashSet<String> = store
         .page(&filter)
-        .await?
+        .await
+        .map_err(|e| e.to_string())?
         .into_iter()
         .map(|r| r.request_id.to_ascii_lowercase())
         .collect();

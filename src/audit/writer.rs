@@ -354,7 +354,7 @@ async fn open(
                 *claim = Some(taken);
                 open_within(url, deadline).await
             }
-            Err(reason) => Err(reason),
+            Err(reason) => Err(reason.to_string()),
         },
     };
     let opened = match opened {
@@ -385,6 +385,7 @@ async fn open(
 async fn open_within(url: &str, deadline: Duration) -> Result<Store, String> {
     tokio::time::timeout(deadline, Store::open(url))
         .await
+        .map(|opened| opened.map_err(|e| e.to_string()))
         .unwrap_or_else(|_| {
             Err(format!(
                 "the audit store could not be opened within audit.write_timeout_ms ({} ms)",

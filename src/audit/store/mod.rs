@@ -23,6 +23,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Postgres, Sqlite};
 
+use super::error::AuditError;
 use super::record::{AuditRecord, column_list};
 
 /// The PostgreSQL advisory lock key that serialises chain appends across replicas.
@@ -97,12 +98,12 @@ pub struct Store {
 
 impl Store {
     /// Opens the store (creating the SQLite file and its directory) and applies the migrations.
-    pub async fn open(url: &str) -> Result<Self, String> {
-        let opened = match backend_of(url)? {
+    pub async fn open(url: &str) -> Result<Self, AuditError> {
+        let opened = match backend_of(url).map_err(AuditError::Url)? {
             Backend::Sqlite => {
                 let (_, rest) = sqlite_file(url)?;
                 let options = SqliteConnectOptions::from_str(&format!("sqlite://{rest}"))
-                    .map_err(|e| format!("audit.database_url is not a SQLite URL: {e}"))?
+                    .map_err(AuditError::SqliteUrl)?
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Full)
@@ -124,18 +125,18 @@ impl Store {
                 .await
                 .map(Backed::Postgres),
         };
-        let pool = opened.map_err(|e| format!("cannot open the audit store: {e}"))?;
+        let pool = opened.map_err(AuditError::Open)?;
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)
     }
 
-    pub async fn migrate(&self) -> Result<(), String> {
+    pub async fn migrate(&self) -> Result<(), AuditError> {
         let result = match &self.pool {
             Backed::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await,
             Backed::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await,
         };
-        result.map_err(|e| format!("cannot migrate the audit store: {e}"))
+        result.map_err(AuditError::Migrate)
     }
 
     /// A connection held by one writer for its whole life: on SQLite its page cache then stays
@@ -229,17 +230,20 @@ impl Store {
     pub fn query<'a>(
         &'a self,
         filter: &'a super::query::Filter,
-    ) -> impl Stream<Item = Result<AuditRecord, String>> + 'a {
+    ) -> impl Stream<Item = Result<AuditRecord, AuditError>> + 'a {
         let (sql, binds) = filter.to_sql(column_list());
         let records = match &self.pool {
             Backed::Sqlite(pool) => fetch_records!(pool, sql, binds).left_stream(),
             Backed::Postgres(pool) => fetch_records!(pool, sql, binds).right_stream(),
         };
-        records.map(|record| record.map_err(|e| e.to_string()))
+        records.map(|record| record.map_err(AuditError::from))
     }
 
     /// One page of records matching `filter` (its limit plus one, to tell if more follow).
-    pub async fn page(&self, filter: &super::query::Filter) -> Result<Vec<AuditRecord>, String> {
+    pub async fn page(
+        &self,
+        filter: &super::query::Filter,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
         let mut rows = std::pin::pin!(self.query(filter));
         let mut records = Vec::new();
         while let Some(row) = rows.next().await {
@@ -250,7 +254,7 @@ impl Store {
 
     /// Calls and refusals (outcome `rejected`) per team and UTC hour over the last `hours`, the
     /// current one included: the console's activity chart.
-    pub async fn activity(&self, hours: i64) -> Result<super::query::Activity, String> {
+    pub async fn activity(&self, hours: i64) -> Result<super::query::Activity, AuditError> {
         let mut chart = super::query::Activity::empty(chrono::Utc::now(), hours);
         let rows: Vec<super::query::HourlyActivity> = on_backend!(&self.pool, pool => {
             sqlx::query_as(
@@ -262,8 +266,7 @@ impl Store {
             .bind(chart.since())
             .fetch_all(pool)
             .await
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         for row in rows {
             chart.add(row);
         }
@@ -283,22 +286,22 @@ pub(super) const UPSERT_FINALISES: &str = " ON CONFLICT (id) DO UPDATE SET statu
      prev_hash = excluded.prev_hash, hash = excluded.hash";
 
 /// The SQLite file a URL names (its directory created), and the URL's part after the scheme.
-pub(super) fn sqlite_file(url: &str) -> Result<(&str, &str), String> {
+pub(super) fn sqlite_file(url: &str) -> Result<(&str, &str), AuditError> {
     let rest = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
     let path = rest.split('?').next().unwrap_or(rest);
     if path.is_empty() || path == ":memory:" {
-        return Err(
-            "audit.database_url must name a SQLite file, e.g. sqlite://data/audit.db".into(),
-        );
+        return Err(AuditError::NotAFile);
     }
     if let Some(dir) = Path::new(path)
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
     {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create the audit directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| AuditError::Directory {
+            dir: dir.display().to_string(),
+            source,
+        })?;
     }
     Ok((path, rest))
 }
