@@ -331,12 +331,8 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> anyhow::Result<E
         }
         AuditCommand::Reconcile { since } => {
             let since = parse_time("--since", &since).map_err(anyhow::Error::msg)?;
-            let upstream = Upstream::new(
-                &config.upstream,
-                Credentials::from_env().map_err(anyhow::Error::msg)?,
-                1,
-            )
-            .map_err(anyhow::Error::msg)?;
+            let upstream = Upstream::new(&config.upstream, Credentials::from_env()?, 1)
+                .map_err(anyhow::Error::msg)?;
             let report = reconcile(&upstream, &store, &since, unpaced())
                 .await
                 .map_err(anyhow::Error::msg)?;
@@ -364,17 +360,9 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> anyhow::Result<E
 }
 
 fn load_valid(path: Option<PathBuf>) -> anyhow::Result<(Config, Source)> {
-    let (config, source) = Config::load(path.as_deref()).map_err(anyhow::Error::msg)?;
-    let problems = config.problems();
-    if problems.is_empty() {
-        Ok((config, source))
-    } else {
-        Err(anyhow!(
-            "the configuration ({source}) has {} problem(s):\n  - {}",
-            problems.len(),
-            problems.join("\n  - ")
-        ))
-    }
+    let (config, source) = Config::load(path.as_deref())?;
+    let config = config.validated(format!("the configuration ({source})"))?;
+    Ok((config, source))
 }
 
 /// One plain HTTP/1.0 GET with a 3 s budget; Ok when the answer is 200.
@@ -556,7 +544,7 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> anyhow:
         sandbox = Some(sb);
         credentials
     } else {
-        Credentials::from_env().map_err(anyhow::Error::msg)?
+        Credentials::from_env()?
     };
     let workers = config.worker_count();
     let application = Application::build(config, credentials)

@@ -23,6 +23,65 @@ fn milliseconds<'de, D: serde::Deserializer<'de>>(value: D) -> Result<Duration, 
     u64::deserialize(value).map(Duration::from_millis)
 }
 
+/// Why a configuration could not be read, or what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {error}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    /// Not TOML, or keys the gateway does not know (one problem per line).
+    #[error("{0}")]
+    Toml(String),
+    /// A problem of the file at `path`: on the same line, or several indented below it.
+    #[error("{}", in_file(path, problem))]
+    InFile {
+        path: PathBuf,
+        problem: Box<ConfigError>,
+    },
+    #[error(
+        "clients_file = {setting:?}: cannot read the teams file {}: {error}{env_note}",
+        path.display()
+    )]
+    TeamsFileUnreadable {
+        setting: String,
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+        /// Where the setting came from when an environment variable set it.
+        env_note: String,
+    },
+    #[error(
+        "the Contabo credential is incomplete: set {} in the environment (or run `serve \
+         --sandbox`, which needs no credential)",
+        missing.join(", ")
+    )]
+    CredentialIncomplete { missing: Vec<&'static str> },
+    #[error("audit.database_url = {0:?} is neither sqlite://PATH nor postgres://USER@HOST/DB")]
+    UnknownDatabase(String),
+    /// Validation's findings, every one (so one run of `check-config` names them all).
+    #[error(
+        "{origin} has {} problem(s):\n  - {}",
+        problems.len(),
+        problems.join("\n  - ")
+    )]
+    Invalid {
+        origin: String,
+        problems: Vec<String>,
+    },
+}
+
+/// A file's problem with the file named: on one line, or indented below it when it has several.
+fn in_file(path: &Path, problem: &ConfigError) -> String {
+    let problem = problem.to_string();
+    match problem.contains('\n') {
+        true => format!("{}:\n  {}", path.display(), problem.replace('\n', "\n  ")),
+        false => format!("{}: {problem}", path.display()),
+    }
+}
+
 /// The file read when neither `--config` nor `GATEWAY_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
 
@@ -69,8 +128,8 @@ fn resolve_listen(setting: &str, listen: &str) -> Result<SocketAddr, String> {
 
 /// Parses a TOML text into `T`. Every key the gateway does not know is reported, each on a line
 /// of its own with where it stands, so one run of `check-config` names all the typos.
-fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
-    let clean = |e: toml::de::Error| e.to_string().trim_end().to_string();
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let clean = |e: toml::de::Error| ConfigError::Toml(e.to_string().trim_end().to_string());
     let deserializer = toml::Deserializer::parse(text).map_err(clean)?;
     let mut unknown = Vec::new();
     let config: T = serde_ignored::deserialize(deserializer, |path| {
@@ -99,7 +158,7 @@ fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
         .collect();
     problems.sort();
     let problems: Vec<String> = problems.into_iter().map(|(_, p)| p).collect();
-    Err(problems.join("\n"))
+    Err(ConfigError::Toml(problems.join("\n")))
 }
 
 /// A certificate subject's attributes as `(TYPE, value)` pairs in a fixed order, so
@@ -122,15 +181,13 @@ pub enum DatabaseBackend {
 }
 
 /// Which database a URL names, or what to write instead.
-pub fn database_backend(url: &str) -> Result<DatabaseBackend, String> {
+pub fn database_backend(url: &str) -> Result<DatabaseBackend, ConfigError> {
     if url.starts_with("sqlite:") {
         Ok(DatabaseBackend::Sqlite)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(DatabaseBackend::Postgres)
     } else {
-        Err(format!(
-            "audit.database_url = {url:?} is neither sqlite://PATH nor postgres://USER@HOST/DB"
-        ))
+        Err(ConfigError::UnknownDatabase(url.to_string()))
     }
 }
 
@@ -521,7 +578,7 @@ pub const CREDENTIAL_VARS: [&str; 4] = [
 
 impl Credentials {
     /// Reads the four CONTABO_* variables; the error names every one that is missing or empty.
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         let values: Vec<Option<String>> = CREDENTIAL_VARS
             .iter()
             .map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
@@ -533,11 +590,7 @@ impl Credentials {
             .map(|(name, _)| *name)
             .collect();
         if !missing.is_empty() {
-            return Err(format!(
-                "the Contabo credential is incomplete: set {} in the environment \
-                 (or run `serve --sandbox`, which needs no credential)",
-                missing.join(", ")
-            ));
+            return Err(ConfigError::CredentialIncomplete { missing });
         }
         let mut values = values.into_iter().map(Option::unwrap);
         let mut next = || values.next().unwrap_or_default();
@@ -569,7 +622,7 @@ impl std::fmt::Display for Source {
 impl Config {
     /// Resolves the file (`--config`, else `GATEWAY_CONFIG`, else `config/default.toml` if it
     /// exists, else built-in defaults), parses it and applies the environment overrides.
-    pub fn load(explicit: Option<&Path>) -> Result<(Self, Source), String> {
+    pub fn load(explicit: Option<&Path>) -> Result<(Self, Source), ConfigError> {
         let env_path = std::env::var_os("GATEWAY_CONFIG").map(PathBuf::from);
         let chosen = explicit.map(Path::to_path_buf).or(env_path);
         let (mut config, source) = match chosen {
@@ -590,7 +643,7 @@ impl Config {
     }
 
     /// Adds the teams of `clients_file` (a path relative to `directory`, the config file's).
-    pub fn read_clients_file(&mut self, directory: Option<&Path>) -> Result<(), String> {
+    pub fn read_clients_file(&mut self, directory: Option<&Path>) -> Result<(), ConfigError> {
         #[derive(Deserialize)]
         struct ClientsFile {
             #[serde(default)]
@@ -604,17 +657,16 @@ impl Config {
             Some(directory) if named.is_relative() => directory.join(named),
             _ => named.to_path_buf(),
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            format!(
-                "clients_file = {:?}: cannot read the teams file {}: {e}{}",
-                self.clients_file,
-                path.display(),
-                self.env_note("clients_file")
-            )
-        })?;
-        let file: ClientsFile = parse_toml(&text).map_err(|e| match e.contains('\n') {
-            true => format!("{}:\n  {}", path.display(), e.replace('\n', "\n  ")),
-            false => format!("{}: {e}", path.display()),
+        let text =
+            std::fs::read_to_string(&path).map_err(|error| ConfigError::TeamsFileUnreadable {
+                setting: self.clients_file.clone(),
+                path: path.clone(),
+                error,
+                env_note: self.env_note("clients_file"),
+            })?;
+        let file: ClientsFile = parse_toml(&text).map_err(|problem| ConfigError::InFile {
+            path: path.clone(),
+            problem: Box::new(problem),
         })?;
         self.clients.extend(file.clients);
         Ok(())
@@ -628,18 +680,33 @@ impl Config {
         }
     }
 
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        Self::from_toml(&text).map_err(|e| match e.contains('\n') {
-            true => format!("{}:\n  {}", path.display(), e.replace('\n', "\n  ")),
-            false => format!("{}: {e}", path.display()),
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Unreadable {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Self::from_toml(&text).map_err(|problem| ConfigError::InFile {
+            path: path.to_path_buf(),
+            problem: Box::new(problem),
         })
     }
 
     /// Parses a config file's text (see [`parse_toml`]).
-    pub fn from_toml(text: &str) -> Result<Self, String> {
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         parse_toml(text)
+    }
+
+    /// The configuration, when validation finds no problem; else every problem, said as
+    /// `origin` (where the configuration came from) having them.
+    pub fn validated(self, origin: impl std::fmt::Display) -> Result<Self, ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            return Ok(self);
+        }
+        Err(ConfigError::Invalid {
+            origin: origin.to_string(),
+            problems,
+        })
     }
 
     /// Environment variables win over the file. `lookup` is injectable for tests.
@@ -793,7 +860,7 @@ impl Config {
         }
         problems.extend(self.cache_problems());
         if let Err(problem) = database_backend(&self.audit.database_url) {
-            problems.push(problem);
+            problems.push(problem.to_string());
         }
         if self.audit.write_timeout < Duration::from_millis(50) {
             problems.push(format!(
@@ -1068,25 +1135,31 @@ mod tests {
             Duration::from_secs(5),
             "default"
         );
-        let err = Config::from_toml("[upstream]\ntimeout_secs = \"30s\"\n").unwrap_err();
+        let err = Config::from_toml("[upstream]\ntimeout_secs = \"30s\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("timeout_secs"), "{err}");
-        let err = Config::from_toml("[upstream]\ntimeout_secs = -1\n").unwrap_err();
+        let err = Config::from_toml("[upstream]\ntimeout_secs = -1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("timeout_secs"), "{err}");
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let err =
-            Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nlissten = 3\n").unwrap_err();
+        let err = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nlissten = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lissten"), "{err}");
-        let err = Config::from_toml("[bogus]\n").unwrap_err();
+        let err = Config::from_toml("[bogus]\n").unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
         // Every unknown key of the file, each with its line.
         let err = Config::from_toml(
             "[server]\nlisen = \"127.0.0.1:1\"\n[cache]\nttl = 5\n[[clients]]\nname = 'a'\n\
              key_sha256 = 'x'\nrole = 'admin'\nrevael = []\n",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("`server.lisen` (line 2)"), "{err}");
         assert!(err.contains("`cache.ttl` (line 4)"), "{err}");
         assert!(err.contains("revael"), "{err}");
@@ -1160,7 +1233,9 @@ mod tests {
         ] {
             assert!(p.contains(needle), "missing {needle:?} in:\n{p}");
         }
-        let negative = Config::from_toml("[rate_limit]\nupstream_burst = -2\n").unwrap_err();
+        let negative = Config::from_toml("[rate_limit]\nupstream_burst = -2\n")
+            .unwrap_err()
+            .to_string();
         assert!(negative.contains("upstream_burst"), "{negative}");
     }
 
@@ -1214,8 +1289,9 @@ mod tests {
 
     #[test]
     fn bad_role_is_explained() {
-        let err =
-            Config::from_toml("[[clients]]\nname='a'\nkey_sha256='00'\nrole='root'\n").unwrap_err();
+        let err = Config::from_toml("[[clients]]\nname='a'\nkey_sha256='00'\nrole='root'\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("root") && err.contains("admin"), "{err}");
     }
 

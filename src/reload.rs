@@ -6,10 +6,19 @@
 
 use std::sync::Arc;
 
-use crate::config::{ClientConfig, Config, Source};
+use crate::config::{ClientConfig, Config, ConfigError, Source};
 use crate::gateway::Gateway;
 
 pub use crate::gateway::Reloaded;
+
+/// Why a reload was refused (the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadRefused {
+    #[error("the gateway runs on built-in defaults: there is no file to reload")]
+    NoFile,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
 
 /// Reads `source` again (with the environment overrides), adds `extra` teams (the sandbox's admin)
 /// and swaps the team registry; Err says why the new configuration was refused.
@@ -17,23 +26,15 @@ pub fn reload(
     gateway: &Gateway,
     source: &Source,
     extra: &[ClientConfig],
-) -> Result<Reloaded, String> {
+) -> Result<Reloaded, ReloadRefused> {
     let Source::File(path) = source else {
-        return Err("the gateway runs on built-in defaults: there is no file to reload".into());
+        return Err(ReloadRefused::NoFile);
     };
     let mut config = Config::from_file(path)?;
     config.apply_env(|name| std::env::var(name).ok());
     config.read_clients_file(path.parent())?;
     config.clients.extend(extra.iter().cloned());
-    let problems = config.problems();
-    if !problems.is_empty() {
-        return Err(format!(
-            "{} has {} problem(s):\n  - {}",
-            path.display(),
-            problems.len(),
-            problems.join("\n  - ")
-        ));
-    }
+    let config = config.validated(path.display())?;
     Ok(gateway.replace_clients(&config.clients))
 }
 

@@ -2,6 +2,7 @@
 //! the operator or reviewer acts on it. The writer's "store is down" reasons stay text: one reason
 //! is shared by every caller waiting on a batch and by readiness.
 
+use crate::config::ConfigError;
 use crate::signed_checkpoint::CheckpointError;
 
 #[derive(Debug, thiserror::Error)]
@@ -9,8 +10,8 @@ pub enum AuditError {
     #[error("the audit log is turned off (audit.enabled = false)")]
     Disabled,
     /// `audit.database_url` names no backend the store knows.
-    #[error("{0}")]
-    Url(String),
+    #[error(transparent)]
+    Url(#[from] ConfigError),
     #[error("audit.database_url must name a SQLite file, e.g. sqlite://data/audit.db")]
     NotAFile,
     #[error("audit.database_url is not a SQLite URL: {0}")]

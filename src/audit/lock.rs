@@ -15,7 +15,7 @@ pub struct WriterClaim {
 
 impl WriterClaim {
     pub fn take(url: &str) -> Result<Self, AuditError> {
-        if backend_of(url).map_err(AuditError::Url)? == Backend::Postgres {
+        if backend_of(url)? == Backend::Postgres {
             return Ok(Self { _lock: None });
         }
         let (path, _) = sqlite_file(url)?;

@@ -99,7 +99,7 @@ pub struct Store {
 impl Store {
     /// Opens the store (creating the SQLite file and its directory) and applies the migrations.
     pub async fn open(url: &str) -> Result<Self, AuditError> {
-        let opened = match backend_of(url).map_err(AuditError::Url)? {
+        let opened = match backend_of(url)? {
             Backend::Sqlite => {
                 let (_, rest) = sqlite_file(url)?;
                 let options = SqliteConnectOptions::from_str(&format!("sqlite://{rest}"))
