@@ -222,6 +222,20 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Why the gateway could not start: an address it cannot listen on, or shared state it cannot
+/// build.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {address}: {error}")]
+    Listen {
+        address: String,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Build(#[from] crate::gateway::BuildError),
+}
+
 /// The gateway, built and bound, ready to run: what `main` (and `serve --sandbox`) runs, and what
 /// every integration test starts, so the tests exercise the serving code that ships.
 pub struct Application {
@@ -234,16 +248,24 @@ pub struct Application {
 impl Application {
     /// Binds `server.listen` (one socket per worker) and builds the shared state: everything that
     /// can fail at start fails here, before anything is served.
-    pub async fn build(config: Config, credentials: Credentials) -> Result<Self, String> {
+    pub async fn build(config: Config, credentials: Credentials) -> Result<Self, StartError> {
+        let cannot_listen = |address: &str| {
+            let address = address.to_string();
+            move |error| StartError::Listen { address, error }
+        };
         let listeners = bind_workers(config.listen_addr(), config.worker_count())
-            .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-        let address = listeners[0].local_addr().map_err(|e| e.to_string())?;
+            .map_err(cannot_listen(&config.server.listen))?;
+        let address = listeners[0]
+            .local_addr()
+            .map_err(cannot_listen(&config.server.listen))?;
         let admin = match config.admin_listen_addr() {
             Some(addr) => {
-                let mut bound = bind_workers(addr, 1)
-                    .map_err(|e| format!("cannot listen on {}: {e}", config.server.admin_listen))?;
+                let mut bound =
+                    bind_workers(addr, 1).map_err(cannot_listen(&config.server.admin_listen))?;
                 let listener = bound.remove(0);
-                let address = listener.local_addr().map_err(|e| e.to_string())?;
+                let address = listener
+                    .local_addr()
+                    .map_err(cannot_listen(&config.server.admin_listen))?;
                 Some((listener, address))
             }
             None => None,

@@ -172,8 +172,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config, sandbox } => {
             let (config, source) = load_valid(config)?;
-            let telemetry =
-                telemetry::init(&config.log, &config.telemetry).map_err(anyhow::Error::msg)?;
+            let telemetry = telemetry::init(&config.log, &config.telemetry)?;
             let served = block_on(serve(config, source, sandbox));
             telemetry.shutdown();
             done(served)
@@ -331,8 +330,7 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> anyhow::Result<E
         }
         AuditCommand::Reconcile { since } => {
             let since = parse_time("--since", &since).map_err(anyhow::Error::msg)?;
-            let upstream = Upstream::new(&config.upstream, Credentials::from_env()?, 1)
-                .map_err(anyhow::Error::msg)?;
+            let upstream = Upstream::new(&config.upstream, Credentials::from_env()?, 1)?;
             let report = reconcile(&upstream, &store, &since, unpaced())
                 .await
                 .map_err(anyhow::Error::msg)?;
@@ -415,10 +413,7 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     // The certificate files are read here too, so a broken pair shows before a start.
-    if crate::tls::Tls::from_settings(&config.server)
-        .map_err(anyhow::Error::msg)?
-        .is_some()
-    {
+    if crate::tls::Tls::from_settings(&config.server)?.is_some() {
         println!(
             "  TLS: on ({}){}",
             config.server.tls_cert_file,
@@ -437,10 +432,7 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
         config.upstream.api_url, config.upstream.auth_url
     );
     println!("  clients: {}", config.clients.len());
-    let signing_key = config
-        .auth
-        .signing_key_bytes()
-        .map_err(anyhow::Error::msg)?;
+    let signing_key = config.auth.signing_key_bytes()?;
     println!(
         "  token endpoint: {}",
         if signing_key.is_some() {
@@ -547,9 +539,7 @@ async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> anyhow:
         Credentials::from_env()?
     };
     let workers = config.worker_count();
-    let application = Application::build(config, credentials)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let application = Application::build(config, credentials).await?;
     let addr = application.address();
     let gateway = application.gateway().clone();
     let scheme = if gateway.tls.is_some() {

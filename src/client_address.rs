@@ -9,6 +9,14 @@ use std::net::{IpAddr, SocketAddr};
 use http::HeaderMap;
 use ipnet::IpNet;
 
+/// A `server.trusted_proxies` entry that is neither an address nor a CIDR.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "server.trusted_proxies: {0:?} is neither an address nor a CIDR (e.g. \"10.0.0.0/8\" or \
+     \"192.0.2.7\")"
+)]
+pub struct NotAProxy(pub String);
+
 /// The proxies whose forwarding headers are believed.
 #[derive(Debug, Default, Clone)]
 pub struct TrustedProxies(Vec<IpNet>);
@@ -16,7 +24,7 @@ pub struct TrustedProxies(Vec<IpNet>);
 impl TrustedProxies {
     /// From `server.trusted_proxies`: CIDRs or single addresses; the problem of the first that is
     /// neither.
-    pub fn parse(entries: &[String]) -> Result<Self, String> {
+    pub fn parse(entries: &[String]) -> Result<Self, NotAProxy> {
         entries
             .iter()
             .map(|entry| {
@@ -24,12 +32,7 @@ impl TrustedProxies {
                 entry
                     .parse::<IpNet>()
                     .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| {
-                        format!(
-                            "server.trusted_proxies: {entry:?} is neither an address nor a CIDR \
-                             (e.g. \"10.0.0.0/8\" or \"192.0.2.7\")"
-                        )
-                    })
+                    .map_err(|_| NotAProxy(entry.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Self)

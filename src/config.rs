@@ -59,6 +59,15 @@ pub enum ConfigError {
         missing.join(", ")
     )]
     CredentialIncomplete { missing: Vec<&'static str> },
+    #[error(
+        "auth.token_signing_key_file = {path:?} cannot be read ({error}); point it at the key file \
+         every replica shares"
+    )]
+    TokenKeyUnreadable {
+        path: String,
+        #[source]
+        error: std::io::Error,
+    },
     #[error("audit.database_url = {0:?} is neither sqlite://PATH nor postgres://USER@HOST/DB")]
     UnknownDatabase(String),
     /// Validation's findings, every one (so one run of `check-config` names them all).
@@ -223,7 +232,7 @@ impl Default for AuthConfig {
 impl AuthConfig {
     /// The signing key: from GATEWAY_TOKEN_SIGNING_KEY (or the sandbox), else the file's content
     /// without its final line break. None when neither is set.
-    pub fn signing_key_bytes(&self) -> Result<Option<Vec<u8>>, String> {
+    pub fn signing_key_bytes(&self) -> Result<Option<Vec<u8>>, ConfigError> {
         use secrecy::ExposeSecret;
         if let Some(key) = &self.signing_key {
             return Ok(Some(key.expose_secret().as_bytes().to_vec()));
@@ -231,12 +240,11 @@ impl AuthConfig {
         if self.token_signing_key_file.is_empty() {
             return Ok(None);
         }
-        let mut bytes = std::fs::read(&self.token_signing_key_file).map_err(|e| {
-            format!(
-                "auth.token_signing_key_file = {:?} cannot be read ({e}); point it at the key \
-                 file every replica shares",
-                self.token_signing_key_file
-            )
+        let mut bytes = std::fs::read(&self.token_signing_key_file).map_err(|error| {
+            ConfigError::TokenKeyUnreadable {
+                path: self.token_signing_key_file.clone(),
+                error,
+            }
         })?;
         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             bytes.pop();
@@ -827,7 +835,7 @@ impl Config {
         if let Err(problem) =
             crate::client_address::TrustedProxies::parse(&self.server.trusted_proxies)
         {
-            problems.push(problem);
+            problems.push(problem.to_string());
         }
         if self.server.max_connections == 0 {
             problems.push("server.max_connections must be at least 1".into());
@@ -907,7 +915,7 @@ impl Config {
                 }
             }
             Ok(None) => {}
-            Err(problem) => problems.push(problem),
+            Err(problem) => problems.push(problem.to_string()),
         }
         if a.token_lifetime < Duration::from_secs(10) {
             problems.push(format!(

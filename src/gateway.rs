@@ -29,6 +29,26 @@ pub struct Reloaded {
 }
 
 /// Everything a call needs, shared by all calls.
+/// Why the shared state could not be built from a configuration: the part that refused, in its
+/// own words.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error(transparent)]
+    Redis(#[from] crate::redis_link::RedisLinkError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("auth: {0}")]
+    TokenKey(#[from] crate::team_token::KeyTooShort),
+    #[error(transparent)]
+    TrustedProxies(#[from] crate::client_address::NotAProxy),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::error::AuditError),
+}
+
 pub struct Gateway {
     pub config: Config,
     clients: ArcSwap<ClientRegistry>,
@@ -54,12 +74,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Config, credentials: Credentials) -> Result<Self, String> {
+    pub fn new(config: Config, credentials: Credentials) -> Result<Self, BuildError> {
         let upstream = Upstream::new(&config.upstream, credentials, config.worker_count())?;
         let cache = Arc::new(ResponseCache::new(&config.cache)?);
         crate::metrics::handle();
         let team_tokens = match config.auth.signing_key_bytes()? {
-            Some(key) => Some(TokenSigner::new(&key).map_err(|e| format!("auth: {e}"))?),
+            Some(key) => Some(TokenSigner::new(&key)?),
             None => None,
         };
         let trusted_proxies = TrustedProxies::parse(&config.server.trusted_proxies)?;
@@ -69,7 +89,7 @@ impl Gateway {
             stopping: tokio::sync::watch::Sender::new(false),
             team_tokens,
             trusted_proxies,
-            audit: AuditLog::start(&config.audit).map_err(|e| e.to_string())?,
+            audit: AuditLog::start(&config.audit)?,
             limits: RateLimits::new(&config.rate_limit)?,
             cache,
             clients: ArcSwap::from_pointee(ClientRegistry::from_config(

@@ -11,6 +11,23 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 
+/// Why Redis could not be used: its URL at start, or one command.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisLinkError {
+    #[error("{setting} is not usable: {error}")]
+    Unusable {
+        setting: &'static str,
+        #[source]
+        error: redis::RedisError,
+    },
+    #[error("not connected (reconnecting in the background)")]
+    NotConnected,
+    #[error("{0}")]
+    Failed(#[from] redis::RedisError),
+    #[error("no answer within {} ms", .0.as_millis())]
+    NoAnswer(Duration),
+}
+
 pub struct RedisLink {
     client: redis::Client,
     connection: ArcSwapOption<MultiplexedConnection>,
@@ -28,12 +45,12 @@ impl RedisLink {
     /// configuration key for the error.
     pub fn open(
         url: &str,
-        setting: &str,
+        setting: &'static str,
         timeout: Duration,
         reconnect_every: Duration,
-    ) -> Result<Arc<Self>, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("{setting} is not usable: {e}"))?;
+    ) -> Result<Arc<Self>, RedisLinkError> {
+        let client = redis::Client::open(url)
+            .map_err(|error| RedisLinkError::Unusable { setting, error })?;
         Ok(Arc::new(Self {
             client,
             connection: ArcSwapOption::empty(),
@@ -57,24 +74,24 @@ impl RedisLink {
 
     /// Runs one command within the deadline. Without a connection it fails at once and a new one
     /// is opened in the background when one is due.
-    pub async fn run<T, F, Fut>(self: &Arc<Self>, command: F) -> Result<T, String>
+    pub async fn run<T, F, Fut>(self: &Arc<Self>, command: F) -> Result<T, RedisLinkError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let Some(connection) = self.connection.load_full() else {
             self.reconnect_if_due();
-            return Err("not connected (reconnecting in the background)".into());
+            return Err(RedisLinkError::NotConnected);
         };
         match tokio::time::timeout(self.timeout, command((*connection).clone())).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
                 self.drop_connection();
-                Err(error.to_string())
+                Err(error.into())
             }
             Err(_) => {
                 self.drop_connection();
-                Err(format!("no answer within {} ms", self.timeout.as_millis()))
+                Err(RedisLinkError::NoAnswer(self.timeout))
             }
         }
     }

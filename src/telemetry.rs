@@ -44,7 +44,16 @@ impl Telemetry {
     }
 }
 
-pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Result<Telemetry, String> {
+/// Why spans cannot be exported to `telemetry.otlp_endpoint`.
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry.otlp_endpoint {url}: {error}")]
+pub struct ExporterError {
+    url: String,
+    #[source]
+    error: opentelemetry_otlp::ExporterBuildError,
+}
+
+pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Result<Telemetry, ExporterError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let lines = tracing_subscriber::fmt::layer()
         .with_ansi(colour_wanted())
@@ -84,7 +93,7 @@ pub fn init(log: &LogConfig, telemetry: &TelemetryConfig) -> Result<Telemetry, S
     Ok(Telemetry { provider })
 }
 
-fn exporter(endpoint: &str, service_name: &str) -> Result<SdkTracerProvider, String> {
+fn exporter(endpoint: &str, service_name: &str) -> Result<SdkTracerProvider, ExporterError> {
     use opentelemetry_otlp::WithExportConfig;
     let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
     let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -92,7 +101,7 @@ fn exporter(endpoint: &str, service_name: &str) -> Result<SdkTracerProvider, Str
         .with_endpoint(url.clone())
         .with_timeout(std::time::Duration::from_secs(5))
         .build()
-        .map_err(|e| format!("telemetry.otlp_endpoint {url}: {e}"))?;
+        .map_err(|error| ExporterError { url, error })?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name.to_string())
         .build();

@@ -18,6 +18,55 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig as ServerSettings;
 
+/// Why the certificate files do not make TLS settings (the setting and file named).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS: {0}")]
+    Settings(#[source] rustls::Error),
+    #[error("{setting} {}: {error}", path.display())]
+    Unreadable {
+        setting: &'static str,
+        path: PathBuf,
+        #[source]
+        error: rustls::pki_types::pem::Error,
+    },
+    #[error(
+        "{setting} {}: no certificate in it (a PEM file with -----BEGIN CERTIFICATE-----)",
+        path.display()
+    )]
+    NoCertificate {
+        setting: &'static str,
+        path: PathBuf,
+    },
+    #[error("server.tls_client_ca_file {}: {error}", path.display())]
+    ClientCa {
+        path: PathBuf,
+        #[source]
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "server.tls_key_file {}: no private key could be read ({error}); give a PEM file with a \
+         PKCS#8, PKCS#1 or SEC1 key",
+        path.display()
+    )]
+    NoKey {
+        path: PathBuf,
+        #[source]
+        error: rustls::pki_types::pem::Error,
+    },
+    #[error(
+        "server.tls_cert_file {} and server.tls_key_file {} do not make a pair: {error}",
+        cert.display(),
+        key.display()
+    )]
+    NotAPair {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        error: rustls::Error,
+    },
+}
+
 /// How often the files are checked for a change.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
@@ -39,7 +88,7 @@ pub struct Tls {
 
 impl Tls {
     /// TLS as `[server]` configures it; None when no certificate is set.
-    pub fn from_settings(server: &ServerSettings) -> Result<Option<Arc<Self>>, String> {
+    pub fn from_settings(server: &ServerSettings) -> Result<Option<Arc<Self>>, TlsError> {
         if server.tls_cert_file.is_empty() {
             return Ok(None);
         }
@@ -64,7 +113,7 @@ impl Tls {
     }
 
     /// Reads the files again; a pair that does not load is refused and the running one stays.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let read_at = self.files.modified();
         let config = self.files.load()?;
         self.current.store(Arc::new(config));
@@ -73,7 +122,7 @@ impl Tls {
     }
 
     /// Reloads when a file's modification time moved since it was last read.
-    fn reload_if_changed(&self) -> Option<Result<(), String>> {
+    fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
         let now = self.files.modified();
         let changed = *self.read_at.lock().expect("tls lock") != now;
         changed.then(|| {
@@ -115,61 +164,69 @@ impl Files {
             .collect()
     }
 
-    fn load(&self) -> Result<ServerConfig, String> {
+    fn load(&self) -> Result<ServerConfig, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| format!("TLS: {e}"))?;
+            .map_err(TlsError::Settings)?;
         let builder = match &self.client_ca {
             Some(ca) => {
+                let refused =
+                    |error: Box<dyn std::error::Error + Send + Sync>| TlsError::ClientCa {
+                        path: ca.clone(),
+                        error,
+                    };
                 let mut roots = rustls::RootCertStore::empty();
                 for cert in certificates(ca, "server.tls_client_ca_file")? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("server.tls_client_ca_file {}: {e}", ca.display()))?;
+                    roots.add(cert).map_err(|e| refused(e.into()))?;
                 }
                 let verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                         // Teams without a certificate present their key as before.
                         .allow_unauthenticated()
                         .build()
-                        .map_err(|e| format!("server.tls_client_ca_file {}: {e}", ca.display()))?;
+                        .map_err(|e| refused(e.into()))?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
         };
         let chain = certificates(&self.cert, "server.tls_cert_file")?;
-        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
-            format!(
-                "server.tls_key_file {}: no private key could be read ({e}); give a PEM file \
-                 with a PKCS#8, PKCS#1 or SEC1 key",
-                self.key.display()
-            )
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|error| TlsError::NoKey {
+            path: self.key.clone(),
+            error,
         })?;
-        let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-            format!(
-                "server.tls_cert_file {} and server.tls_key_file {} do not make a pair: {e}",
-                self.cert.display(),
-                self.key.display()
-            )
-        })?;
+        let mut config =
+            builder
+                .with_single_cert(chain, key)
+                .map_err(|error| TlsError::NotAPair {
+                    cert: self.cert.clone(),
+                    key: self.key.clone(),
+                    error,
+                })?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
     }
 }
 
 /// Every certificate of a PEM file; at least one.
-fn certificates(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let read = |e: rustls::pki_types::pem::Error| format!("{setting} {}: {e}", path.display());
+fn certificates(
+    path: &Path,
+    setting: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read = |error| TlsError::Unreadable {
+        setting,
+        path: path.to_path_buf(),
+        error,
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(read)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(read)?;
     if certs.is_empty() {
-        return Err(format!(
-            "{setting} {}: no certificate in it (a PEM file with -----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
+        return Err(TlsError::NoCertificate {
+            setting,
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
 }

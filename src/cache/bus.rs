@@ -54,7 +54,7 @@ fn parse_group(name: &str) -> Option<CacheGroup> {
 }
 
 impl InvalidationBus {
-    pub fn new(url: &str, channel: &str) -> Result<Self, String> {
+    pub fn new(url: &str, channel: &str) -> Result<Self, crate::redis_link::RedisLinkError> {
         let link = RedisLink::open(url, "cache.redis_url", PUBLISH_TIMEOUT, RECONNECT_DELAY)?;
         Ok(Self {
             link,

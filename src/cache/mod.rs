@@ -150,7 +150,7 @@ pub struct ResponseCache {
 }
 
 impl ResponseCache {
-    pub fn new(config: &CacheConfig) -> Result<Self, String> {
+    pub fn new(config: &CacheConfig) -> Result<Self, crate::redis_link::RedisLinkError> {
         let counters = Counters::default();
         let evictions = counters.evictions.clone();
         let lifetime = config.ttl + config.stale_if_error;

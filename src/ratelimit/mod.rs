@@ -106,7 +106,7 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    pub fn new(config: &RateLimitConfig) -> Result<Self, String> {
+    pub fn new(config: &RateLimitConfig) -> Result<Self, crate::redis_link::RedisLinkError> {
         let shared = match config.redis_url.as_str() {
             "" => None,
             url => Some(SharedStore::new(url, &config.redis_key_prefix)?),

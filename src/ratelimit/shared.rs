@@ -193,7 +193,7 @@ pub struct SharedStore {
 }
 
 impl SharedStore {
-    pub fn new(url: &str, prefix: &str) -> Result<Arc<Self>, String> {
+    pub fn new(url: &str, prefix: &str) -> Result<Arc<Self>, crate::redis_link::RedisLinkError> {
         let link = RedisLink::open(url, "rate_limit.redis_url", REDIS_TIMEOUT, RECONNECT_EVERY)?;
         Ok(Arc::new(Self {
             link,
@@ -250,7 +250,7 @@ impl SharedStore {
             .run(|mut connection| async move { call.invoke_async::<i64>(&mut connection).await })
             .await;
         if let Err(reason) = result {
-            self.failed(&reason);
+            self.failed(&reason.to_string());
         }
     }
 
@@ -345,7 +345,7 @@ impl SharedStore {
                 Some((taken, decision))
             }
             Err(reason) => {
-                self.failed(&reason);
+                self.failed(&reason.to_string());
                 None
             }
         }

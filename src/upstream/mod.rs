@@ -77,6 +77,25 @@ pub struct Upstream {
     pub tokens: TokenManager,
 }
 
+/// Why the upstream settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream.api_url {url:?} is not usable: {why}")]
+    ApiUrl { url: String, why: String },
+    /// Not echoed: the URL carries a secret.
+    #[error(
+        "upstream.api_url carries credentials (user@host), which would be sent upstream as the \
+         Host header; give the host alone, the gateway sends its own token"
+    )]
+    ApiUrlCredentials,
+    #[error("upstream.auth_url is not a URL: {0}")]
+    AuthUrl(#[source] url::ParseError),
+    #[error("cannot set up TLS for upstream: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("cannot build the token endpoint's HTTP client: {0}")]
+    TokenClient(#[source] reqwest::Error),
+}
+
 /// `upstream.api_url` taken apart once: every call's URI is built from these pieces.
 struct ApiBase {
     scheme: Scheme,
@@ -88,8 +107,11 @@ struct ApiBase {
 }
 
 impl ApiBase {
-    fn parse(api_url: &str) -> Result<Self, String> {
-        let invalid = |why: String| format!("upstream.api_url {api_url:?} is not usable: {why}");
+    fn parse(api_url: &str) -> Result<Self, UpstreamError> {
+        let invalid = |why: String| UpstreamError::ApiUrl {
+            url: api_url.to_string(),
+            why,
+        };
         let uri: Uri = api_url.parse().map_err(|e| invalid(format!("{e}")))?;
         let parts = uri.into_parts();
         let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
@@ -98,12 +120,7 @@ impl ApiBase {
             ));
         };
         if authority.as_str().contains('@') {
-            // Not echoed: the URL carries a secret.
-            return Err(
-                "upstream.api_url carries credentials (user@host), which would be sent \
-                 upstream as the Host header; give the host alone, the gateway sends its own token"
-                    .into(),
-            );
+            return Err(UpstreamError::ApiUrlCredentials);
         }
         let prefix = parts
             .path_and_query
@@ -157,7 +174,7 @@ impl Upstream {
         config: &UpstreamConfig,
         credentials: Credentials,
         workers: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, UpstreamError> {
         let timeout = config.timeout;
         let connect_timeout = config.connect_timeout;
         let base = ApiBase::parse(&config.api_url)?;
@@ -171,9 +188,8 @@ impl Upstream {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .build()
-            .map_err(|e| format!("cannot build the token endpoint's HTTP client: {e}"))?;
-        let auth_url = reqwest::Url::parse(&config.auth_url)
-            .map_err(|e| format!("upstream.auth_url is not a URL: {e}"))?;
+            .map_err(UpstreamError::TokenClient)?;
+        let auth_url = reqwest::Url::parse(&config.auth_url).map_err(UpstreamError::AuthUrl)?;
         Ok(Self {
             tokens: TokenManager::new(token_client, auth_url, credentials),
             pools,
@@ -308,14 +324,14 @@ impl Upstream {
 /// Nagle off.
 fn https_connector(
     connect_timeout: Duration,
-) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
+) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamError> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect_timeout));
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .try_with_platform_verifier()
-        .map_err(|e| format!("cannot set up TLS for upstream: {e}"))?
+        .map_err(UpstreamError::Tls)?
         .https_or_http()
         .enable_http1()
         .wrap_connector(http))
@@ -341,6 +357,8 @@ mod tests {
         let error = ApiBase::parse("https://team:hunter2@api.example.com")
             .err()
             .expect("credentials in the URL must be refused");
+        assert!(matches!(error, UpstreamError::ApiUrlCredentials), "{error}");
+        let error = error.to_string();
         assert!(error.contains("credentials"), "{error}");
         assert!(!error.contains("hunter2"), "{error}");
     }
