@@ -247,7 +247,9 @@ pub async fn audit_query(
             return GatewayError::BadRequest("format must be json, csv or ndjson".into())
                 .into_response_with(&request_id);
         }
-        Err(message) => return GatewayError::BadRequest(message).into_response_with(&request_id),
+        Err(bad) => {
+            return GatewayError::BadRequest(bad.to_string()).into_response_with(&request_id);
+        }
     };
     let store = match settled_store(&gw, &request_id).await {
         Ok(store) => store,
@@ -592,7 +594,9 @@ pub async fn audit_reconcile(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let since = match params.get("since") {
-        Some(since) if params.len() == 1 => query::parse_time("since", since.trim()),
+        Some(since) if params.len() == 1 => {
+            query::parse_time("since", since.trim()).map_err(|bad| bad.to_string())
+        }
         _ => Err(
             "give exactly one parameter, since (RFC 3339 or epoch seconds), e.g. \
              ?since=2026-12-01T00:00:00Z"

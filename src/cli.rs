@@ -276,8 +276,7 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> anyhow::Result<E
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
             .collect();
-            let (filter, format) =
-                Filter::from_params(&params, false).map_err(anyhow::Error::msg)?;
+            let (filter, format) = Filter::from_params(&params, false)?;
             if format == Format::Ndjson {
                 bail!("--format must be table, json or csv");
             }
@@ -329,7 +328,7 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> anyhow::Result<E
             })
         }
         AuditCommand::Reconcile { since } => {
-            let since = parse_time("--since", &since).map_err(anyhow::Error::msg)?;
+            let since = parse_time("--since", &since)?;
             let upstream = Upstream::new(&config.upstream, Credentials::from_env()?, 1)?;
             let report = reconcile(&upstream, &store, &since, unpaced())
                 .await

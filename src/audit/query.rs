@@ -114,8 +114,44 @@ pub enum Bind {
     Int(i64),
 }
 
+/// An audit filter that cannot be used, said with how to write it (the answer's 400 message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadFilter {
+    #[error(
+        "{name} = {value:?} is not a time: use RFC 3339 (e.g. 2026-11-23T10:00:00Z) or epoch \
+         seconds"
+    )]
+    Time { name: String, value: String },
+    #[error("path_prefix = {0:?} must start with /, e.g. /v1/users")]
+    PathPrefix(String),
+    #[error("status = {0:?} is not an HTTP status code, e.g. 201")]
+    Status(String),
+    #[error(
+        "outcome = {0:?} is not one of pending, forwarded, rejected, upstream_error, gateway_error"
+    )]
+    Outcome(String),
+    #[error("follow = {0:?} must be true or false")]
+    Follow(String),
+    #[error("cursor = {0:?} is not a cursor; pass the next_cursor of the previous page")]
+    Cursor(String),
+    #[error("limit = {0:?} must be a number from 1 to {MAX_LIMIT}")]
+    Limit(String),
+    #[error("format = {0:?} must be json, csv or ndjson")]
+    Format(String),
+    #[error(
+        "unknown filter {0:?}; filters are client, method, path_prefix, status, outcome, since, \
+         until, request_id, cursor, limit, format, follow"
+    )]
+    Unknown(String),
+    #[error(
+        "follow=true streams every record as it is finalised: use it with format=ndjson and \
+         without limit"
+    )]
+    FollowNeedsNdjson,
+}
+
 /// Parses a time filter: RFC 3339 (any offset) or epoch seconds, normalised to the stored form.
-pub fn parse_time(name: &str, value: &str) -> Result<String, String> {
+pub fn parse_time(name: &str, value: &str) -> Result<String, BadFilter> {
     let parsed = match value.parse::<i64>() {
         Ok(secs) => chrono::DateTime::from_timestamp(secs, 0),
         Err(_) => chrono::DateTime::parse_from_rfc3339(value)
@@ -124,10 +160,9 @@ pub fn parse_time(name: &str, value: &str) -> Result<String, String> {
     };
     parsed
         .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .ok_or_else(|| {
-            format!(
-                "{name} = {value:?} is not a time: use RFC 3339 (e.g. 2026-11-23T10:00:00Z) or epoch seconds"
-            )
+        .ok_or_else(|| BadFilter::Time {
+            name: name.to_string(),
+            value: value.to_string(),
         })
 }
 
@@ -136,7 +171,7 @@ impl Filter {
     pub fn from_params(
         params: &HashMap<String, String>,
         paginate: bool,
-    ) -> Result<(Self, Format), String> {
+    ) -> Result<(Self, Format), BadFilter> {
         let mut filter = Filter::default();
         let mut format = Format::Json;
         for (name, value) in params {
@@ -145,18 +180,17 @@ impl Filter {
                 "client" => filter.client = Some(value.into()),
                 "method" => filter.method = Some(value.to_ascii_uppercase()),
                 "path_prefix" if value.starts_with('/') => filter.path_prefix = Some(value.into()),
-                "path_prefix" => return Err(format!("path_prefix = {value:?} must start with /, e.g. /v1/users")),
+                "path_prefix" => return Err(BadFilter::PathPrefix(value.into())),
                 "status" => {
-                    filter.status = Some(value.parse::<u16>().map_err(|_| {
-                        format!("status = {value:?} is not an HTTP status code, e.g. 201")
-                    })? as i64)
+                    filter.status = Some(
+                        value
+                            .parse::<u16>()
+                            .map_err(|_| BadFilter::Status(value.into()))?
+                            as i64,
+                    )
                 }
                 "outcome" if Outcome::parse(value).is_some() => filter.outcome = Some(value.into()),
-                "outcome" => {
-                    return Err(format!(
-                        "outcome = {value:?} is not one of pending, forwarded, rejected, upstream_error, gateway_error"
-                    ));
-                }
+                "outcome" => return Err(BadFilter::Outcome(value.into())),
                 "since" => filter.since = Some(parse_time("since", value)?),
                 "until" => filter.until = Some(parse_time("until", value)?),
                 "request_id" => filter.request_id = Some(value.into()),
@@ -164,19 +198,22 @@ impl Filter {
                     filter.follow = match value {
                         "true" => true,
                         "false" => false,
-                        _ => return Err(format!("follow = {value:?} must be true or false")),
+                        _ => return Err(BadFilter::Follow(value.into())),
                     }
                 }
                 "cursor" => {
-                    filter.after_id = Some(value.parse::<i64>().map_err(|_| {
-                        format!("cursor = {value:?} is not a cursor; pass the next_cursor of the previous page")
-                    })?)
+                    filter.after_id = Some(
+                        value
+                            .parse::<i64>()
+                            .map_err(|_| BadFilter::Cursor(value.into()))?,
+                    )
                 }
                 "limit" => {
-                    let limit = value.parse::<i64>().ok().filter(|l| (1..=MAX_LIMIT).contains(l));
-                    filter.limit = Some(limit.ok_or_else(|| {
-                        format!("limit = {value:?} must be a number from 1 to {MAX_LIMIT}")
-                    })?);
+                    let limit = value
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|l| (1..=MAX_LIMIT).contains(l));
+                    filter.limit = Some(limit.ok_or_else(|| BadFilter::Limit(value.into()))?);
                 }
                 "format" => {
                     format = match value {
@@ -184,24 +221,15 @@ impl Filter {
                         "csv" => Format::Csv,
                         "ndjson" => Format::Ndjson,
                         "table" => Format::Table,
-                        _ => return Err(format!("format = {value:?} must be json, csv or ndjson")),
+                        _ => return Err(BadFilter::Format(value.into())),
                     }
                 }
-                other => {
-                    return Err(format!(
-                        "unknown filter {other:?}; filters are client, method, path_prefix, status, outcome, \
-                         since, until, request_id, cursor, limit, format, follow"
-                    ));
-                }
+                other => return Err(BadFilter::Unknown(other.into())),
             }
         }
         if filter.follow {
             if format != Format::Ndjson || filter.limit.is_some() {
-                return Err(
-                    "follow=true streams every record as it is finalised: use it with \
-                            format=ndjson and without limit"
-                        .into(),
-                );
+                return Err(BadFilter::FollowNeedsNdjson);
             }
             // A follow stream runs in chain order: its cursor is the `seq` of the last record
             // received, so no record finalised later under a lower id is passed over.
@@ -390,9 +418,16 @@ mod tests {
             ("path_prefix", "v1", "start with /"),
             ("colour", "red", "unknown filter"),
         ] {
-            let err = Filter::from_params(&params(&[(name, value)]), true).unwrap_err();
+            let err = Filter::from_params(&params(&[(name, value)]), true)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{name}: {err}");
         }
+        let follow_with_json = params(&[("follow", "true")]);
+        assert_eq!(
+            Filter::from_params(&follow_with_json, true).unwrap_err(),
+            BadFilter::FollowNeedsNdjson
+        );
     }
 
     #[test]
