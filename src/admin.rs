@@ -582,7 +582,7 @@ pub async fn audit_contabo(
     let pace = paced(&gw, client.name.clone());
     match reconcile::request_trail(&gw.upstream, &wanted, pace).await {
         Ok(trail) => Json(trail).into_response(),
-        Err(reason) => GatewayError::UpstreamUnreachable(reason).into_response_with(&request_id),
+        Err(failure) => reconcile_failed(failure, &request_id),
     }
 }
 
@@ -614,6 +614,19 @@ pub async fn audit_reconcile(
     let pace = paced(&gw, client.name.clone());
     match reconcile::reconcile(&gw.upstream, &store, &since, pace).await {
         Ok(report) => Json(report).into_response(),
-        Err(reason) => GatewayError::UpstreamUnreachable(reason).into_response_with(&request_id),
+        Err(failure) => reconcile_failed(failure, &request_id),
     }
+}
+
+/// A failed read of Contabo's audit: Contabo's failure as the gateway answers it elsewhere, the
+/// gateway's own store as unavailable, anything else as Contabo unreachable.
+fn reconcile_failed(failure: reconcile::ReconcileError, request_id: &RequestId) -> Response {
+    let error = match failure {
+        reconcile::ReconcileError::Upstream(error) => error,
+        reconcile::ReconcileError::Store(error) => {
+            GatewayError::AuditUnavailable(error.to_string())
+        }
+        other => GatewayError::UpstreamUnreachable(other.to_string()),
+    };
+    error.into_response_with(request_id)
 }

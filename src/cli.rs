@@ -330,9 +330,7 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> anyhow::Result<E
         AuditCommand::Reconcile { since } => {
             let since = parse_time("--since", &since)?;
             let upstream = Upstream::new(&config.upstream, Credentials::from_env()?, 1)?;
-            let report = reconcile(&upstream, &store, &since, unpaced())
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let report = reconcile(&upstream, &store, &since, unpaced()).await?;
             for (endpoint, reason) in &report.skipped {
                 eprintln!("skipped {endpoint}: {reason}");
             }

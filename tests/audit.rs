@@ -1617,6 +1617,34 @@ async fn get_json(gw: &TestGateway, path: &str, key: &str) -> (u16, serde_json::
     (response.status().as_u16(), json(response).await)
 }
 
+/// A call to Contabo that fails while its audit is read is answered as the same failure of a /v1
+/// call is (it was once always "upstream unreachable", a timeout included).
+#[tokio::test]
+async fn reading_contabos_audit_answers_an_upstream_failure_as_a_v1_call_does() {
+    let Some((gw, _)) = gateway(Backend::Sqlite, |c| {
+        c.upstream.timeout = std::time::Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    gw.sandbox()
+        .faults
+        .delay_ms
+        .store(2500, std::sync::atomic::Ordering::SeqCst);
+    let (status, call) = get_json(&gw, "/v1/users", &gw.keys.admin).await;
+    assert_eq!(status, 504, "{call}");
+    for path in [
+        "/_gateway/audit/contabo?request_id=0b3f5a52-1c6e-4a7e-9a7d-2f0f4b8f9e11",
+        "/_gateway/audit/reconcile?since=1",
+    ] {
+        let (status, body) = get_json(&gw, path, &gw.keys.admin).await;
+        assert_eq!(status, 504, "{path}: {body}");
+        assert_eq!(body["error"], call["error"], "{path}: {body}");
+        assert!(body["request_id"].is_string(), "{path}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn admins_read_contabos_audit_of_a_request_id_and_reconcile_over_http() {
     let Some((gw, _)) = gateway(Backend::Sqlite, |_| {}).await else {

@@ -11,8 +11,10 @@ use bytes::Bytes;
 use http::{HeaderMap, Method};
 use serde::Serialize;
 
+use super::error::AuditError;
 use super::query::Filter;
 use super::store::Store;
+use crate::error::GatewayError;
 use crate::request_id::RequestId;
 use crate::routes::OPERATIONS;
 use crate::upstream::{OutgoingCall, Upstream};
@@ -36,6 +38,28 @@ pub struct Report {
     pub unmatched: Vec<Unmatched>,
     /// Endpoints that could not be read, with the reason.
     pub skipped: Vec<(String, String)>,
+}
+
+/// Why Contabo's audit could not be compared: a call to Contabo that failed, an answer that is not
+/// JSON, or the gateway's own store.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{endpoint}: {error}")]
+    Path {
+        endpoint: String,
+        #[source]
+        error: http::uri::InvalidUri,
+    },
+    #[error(transparent)]
+    Upstream(#[from] GatewayError),
+    #[error("{endpoint}: the answer is not JSON: {error}")]
+    NotJson {
+        endpoint: String,
+        #[source]
+        error: serde_json::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] AuditError),
 }
 
 /// Contabo's audit rows of one request id, each with the endpoint that listed it.
@@ -78,7 +102,7 @@ async fn list(
     endpoint: &str,
     query: &str,
     pace: &mut Pace,
-) -> Result<Listing, String> {
+) -> Result<Listing, ReconcileError> {
     let mut rows = Vec::new();
     let mut page = 1;
     loop {
@@ -89,25 +113,28 @@ async fn list(
         let response = upstream
             .send(&OutgoingCall {
                 method: &Method::GET,
-                path_and_query: http::uri::PathAndQuery::try_from(path)
-                    .map_err(|e| format!("{endpoint}: {e}"))?,
+                path_and_query: http::uri::PathAndQuery::try_from(path).map_err(|error| {
+                    ReconcileError::Path {
+                        endpoint: endpoint.to_string(),
+                        error,
+                    }
+                })?,
                 caller_headers: &HeaderMap::new(),
                 request_id: RequestId::generate().header_value(),
                 read_whole: false,
                 body: Bytes::new(),
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let status = response.status();
         if !status.is_success() {
             return Ok(Listing::Unreadable(format!("upstream answered {status}")));
         }
-        let body = upstream
-            .read_body(response.into_body())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut body: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("{endpoint}: the answer is not JSON: {e}"))?;
+        let body = upstream.read_body(response.into_body()).await?;
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|error| ReconcileError::NotJson {
+                endpoint: endpoint.to_string(),
+                error,
+            })?;
         if let Some(data) = body["data"].as_array_mut() {
             rows.append(data);
         }
@@ -125,15 +152,14 @@ pub async fn reconcile(
     store: &Store,
     since: &str,
     mut pace: Pace,
-) -> Result<Report, String> {
+) -> Result<Report, ReconcileError> {
     let filter = Filter {
         since: Some(since.to_string()),
         ..Filter::default()
     };
     let ours: HashSet<String> = store
         .page(&filter)
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .into_iter()
         .map(|r| r.request_id.to_ascii_lowercase())
         .collect();
@@ -174,7 +200,7 @@ pub async fn request_trail(
     upstream: &Upstream,
     request_id: &str,
     mut pace: Pace,
-) -> Result<RequestTrail, String> {
+) -> Result<RequestTrail, ReconcileError> {
     let query = format!(
         "requestId={}",
         form_urlencoded::byte_serialize(request_id.as_bytes()).collect::<String>()
