@@ -16,7 +16,7 @@ use crate::audit::store::{Anchors, Store};
 use crate::clients::{Role, generate_key, sha256};
 use crate::config::{ClientConfig, Config, Credentials, Source};
 use crate::sandbox::{Sandbox, SandboxOptions};
-use crate::signed_checkpoint::{new_private_key, parse_lines};
+use crate::signed_checkpoint::{CheckpointError, new_private_key, parse_file};
 use crate::upstream::Upstream;
 use crate::{shutdown, telemetry};
 
@@ -195,9 +195,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The checkpoint file and public key `audit verify` holds the store against.
 fn read_anchors(file: &std::path::Path, key: &str) -> anyhow::Result<Anchors> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| anyhow!("cannot read the checkpoint file {}: {e}", file.display()))?;
-    let checkpoints = parse_lines(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let path = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|source| CheckpointError::FileUnreadable {
+        path: path.clone(),
+        source,
+    })?;
+    let checkpoints = parse_file(&path, &text)?;
     let public_key = match std::fs::read_to_string(key) {
         Ok(text) => text.trim().to_string(),
         Err(_) => key.trim().to_string(),

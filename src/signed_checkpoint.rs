@@ -168,6 +168,14 @@ pub fn parse_lines(text: &str) -> Result<Vec<Checkpoint>, CheckpointError> {
         .collect()
 }
 
+/// The checkpoint lines of the file at `path` (its text already read); a bad line names the file.
+pub fn parse_file(path: &str, text: &str) -> Result<Vec<Checkpoint>, CheckpointError> {
+    parse_lines(text).map_err(|e| CheckpointError::FileContent {
+        path: path.to_string(),
+        source: Box::new(e),
+    })
+}
+
 /// The key that signs checkpoints (`audit.signing_key_file`, PKCS#8 PEM as `keys new-signing`
 /// or `openssl genpkey -algorithm ed25519` write it).
 pub struct Signer {

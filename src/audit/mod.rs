@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::AuditConfig;
 use crate::error::GatewayError;
 use crate::request_id::RequestId;
-use crate::signed_checkpoint::{Checkpoint, CheckpointError, CheckpointFile, Signer, parse_lines};
+use crate::signed_checkpoint::{Checkpoint, CheckpointError, CheckpointFile, Signer, parse_file};
 use error::AuditError;
 use record::{AuditRecord, BodyPolicy, Outcome, millis, now_ts};
 use store::Anchors;
@@ -144,13 +144,7 @@ impl AuditLog {
                         return Err(CheckpointError::FileUnreadable { path, source }.into());
                     }
                 };
-                match parse_lines(&text) {
-                    Ok(list) => (list, path),
-                    Err(e) => {
-                        let source = Box::new(e);
-                        return Err(CheckpointError::FileContent { path, source }.into());
-                    }
-                }
+                (parse_file(&path, &text)?, path)
             }
             None => (
                 self.reader().await?.signed_checkpoints().await?,

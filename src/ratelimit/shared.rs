@@ -250,7 +250,7 @@ impl SharedStore {
             .run(|mut connection| async move { call.invoke_async::<i64>(&mut connection).await })
             .await;
         if let Err(reason) = result {
-            self.failed(&reason.to_string());
+            self.failed(&reason);
         }
     }
 
@@ -345,13 +345,13 @@ impl SharedStore {
                 Some((taken, decision))
             }
             Err(reason) => {
-                self.failed(&reason.to_string());
+                self.failed(&reason);
                 None
             }
         }
     }
 
-    fn failed(&self, reason: &str) {
+    fn failed(&self, reason: &crate::redis_link::RedisLinkError) {
         if self.healthy.swap(false, Ordering::AcqRel) {
             tracing::error!(
                 %reason,

@@ -45,15 +45,6 @@ pub type Pool = Backed<SqlitePool, PgPool>;
 /// One connection of the store's backend (the writer holds one for its life).
 pub type Connection = Backed<PoolConnection<Sqlite>, PoolConnection<Postgres>>;
 
-impl<S, P> Backed<S, P> {
-    pub fn backend(&self) -> Backend {
-        match self {
-            Backed::Sqlite(_) => Backend::Sqlite,
-            Backed::Postgres(_) => Backend::Postgres,
-        }
-    }
-}
-
 /// Runs `$body` with `$value` bound to its backend's own pool or connection: a statement both
 /// backends run alike, written once and compiled for each driver.
 macro_rules! on_backend {
@@ -271,10 +262,6 @@ impl Store {
             chart.add(row);
         }
         Ok(chart)
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.pool.backend()
     }
 }
 

@@ -9,10 +9,14 @@ use super::{CHAIN_LOCK_KEY, Store, UPSERT_FINALISES};
 use crate::audit::chain::{ChainTail, TAIL_SQL, TailRow};
 use crate::audit::record::{AuditRecord, COLUMNS, column_list};
 
-/// Opens a transaction holding the chain lock (the advisory lock every append takes).
+/// Opens a transaction and takes the chain lock: the advisory lock every append takes.
+fn begin_locked_sql() -> String {
+    format!("BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}) IS NULL AS locked")
+}
+
+/// Opens a transaction holding the chain lock.
 pub(super) async fn begin_locked(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    let sql = format!("BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}) IS NULL");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(begin_locked_sql()))
         .execute(conn)
         .await
         .map(drop)
@@ -24,9 +28,7 @@ impl Store {
     /// statement of the list reads a snapshot taken when it starts, so the tail is read after the
     /// lock is held and includes every batch committed before. The caller rolls back a failure.
     pub async fn begin_append_postgres(conn: &mut PgConnection) -> Result<ChainTail, sqlx::Error> {
-        let sql = format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_KEY}) IS NULL AS locked; {TAIL_SQL}"
-        );
+        let sql = format!("{}; {TAIL_SQL}", begin_locked_sql());
         let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .fetch_all(conn)
             .await;
