@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::config::{Config, Credentials};
+use crate::config::{Credentials, ValidConfig};
 use crate::connection::{AcceptErrors, Activity, Limits, Watched};
 use crate::error::GatewayError;
 use crate::gateway::{ClientAddr, ClientCertificate, Gateway};
@@ -248,17 +248,17 @@ pub struct Application {
 impl Application {
     /// Binds `server.listen` (one socket per worker) and builds the shared state: everything that
     /// can fail at start fails here, before anything is served.
-    pub async fn build(config: Config, credentials: Credentials) -> Result<Self, StartError> {
+    pub async fn build(config: ValidConfig, credentials: Credentials) -> Result<Self, StartError> {
         let cannot_listen = |address: &str| {
             let address = address.to_string();
             move |error| StartError::Listen { address, error }
         };
-        let listeners = bind_workers(config.listen_addr(), config.worker_count())
+        let listeners = bind_workers(config.listen(), config.worker_count())
             .map_err(cannot_listen(&config.server.listen))?;
         let address = listeners[0]
             .local_addr()
             .map_err(cannot_listen(&config.server.listen))?;
-        let admin = match config.admin_listen_addr() {
+        let admin = match config.admin_listen() {
             Some(addr) => {
                 let mut bound =
                     bind_workers(addr, 1).map_err(cannot_listen(&config.server.admin_listen))?;
@@ -643,6 +643,7 @@ fn start_background_tasks(gateway: &Arc<Gateway>) -> Vec<tokio::task::JoinHandle
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn gateway() -> Gateway {
         let mut config = Config::default();
@@ -653,7 +654,7 @@ mod tests {
             username: "user".into(),
             password: "password".to_string().into(),
         };
-        Gateway::new(config, credentials).unwrap()
+        Gateway::new(config.validated("the test").unwrap(), credentials).unwrap()
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use crate::audit::query::{Filter, Format, csv_line, parse_time, table_header, ta
 use crate::audit::reconcile::{reconcile, unpaced};
 use crate::audit::store::{Anchors, Store};
 use crate::clients::{Role, generate_key, sha256};
-use crate::config::{ClientConfig, Config, Credentials, Source};
+use crate::config::{ClientConfig, Config, Credentials, Source, ValidConfig};
 use crate::sandbox::{Sandbox, SandboxOptions};
 use crate::signed_checkpoint::{CheckpointError, new_private_key, parse_file};
 use crate::upstream::Upstream;
@@ -332,7 +332,12 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> anyhow::Result<E
         }
         AuditCommand::Reconcile { since } => {
             let since = parse_time("--since", &since)?;
-            let upstream = Upstream::new(&config.upstream, Credentials::from_env()?, 1)?;
+            let upstream = Upstream::new(
+                &config.upstream,
+                config.contabo(),
+                Credentials::from_env()?,
+                1,
+            )?;
             let report = reconcile(&upstream, &store, &since, unpaced()).await?;
             for (endpoint, reason) in &report.skipped {
                 eprintln!("skipped {endpoint}: {reason}");
@@ -357,7 +362,7 @@ async fn audit(path: Option<PathBuf>, command: AuditCommand) -> anyhow::Result<E
     }
 }
 
-fn load_valid(path: Option<PathBuf>) -> anyhow::Result<(Config, Source)> {
+fn load_valid(path: Option<PathBuf>) -> anyhow::Result<(ValidConfig, Source)> {
     let (config, source) = Config::load(path.as_deref())?;
     let config = config.validated(format!("the configuration ({source})"))?;
     Ok((config, source))
@@ -508,30 +513,32 @@ pub fn new_key(name: &str, role: Role) -> String {
     )
 }
 
-async fn serve(mut config: Config, source: Source, use_sandbox: bool) -> anyhow::Result<()> {
+async fn serve(mut config: ValidConfig, source: Source, use_sandbox: bool) -> anyhow::Result<()> {
     let mut sandbox = None;
     let mut sandbox_clients = Vec::new();
     let credentials = if use_sandbox {
         let sb = Sandbox::start(SandboxOptions::default())
             .await
             .map_err(|e| anyhow!("cannot start the sandbox: {e}"))?;
-        config.upstream.api_url = sb.api_url();
-        config.upstream.auth_url = sb.auth_url();
+        let mut settings = config.into_settings();
+        settings.upstream.api_url = sb.api_url();
+        settings.upstream.auth_url = sb.auth_url();
         let (key, client) = sandbox_admin_client();
-        config.clients.push(client.clone());
+        settings.clients.push(client.clone());
         sandbox_clients.push(client);
         println!("sandbox upstream: {}", sb.api_url());
         println!("sandbox admin key (this run only): {key}");
-        if config.auth.signing_key.is_none() && config.auth.token_signing_key_file.is_empty() {
+        if settings.auth.signing_key.is_none() && settings.auth.token_signing_key_file.is_empty() {
             // The token endpoint is always on in the sandbox: with a per-run key if none is set.
-            config.auth.signing_key = Some(generate_key().into());
+            settings.auth.signing_key = Some(generate_key().into());
         }
-        if config.audit.signing_key_pem.is_none() && config.audit.signing_key_file.is_empty() {
+        if settings.audit.signing_key_pem.is_none() && settings.audit.signing_key_file.is_empty() {
             // Audit checkpoints are signed in the sandbox too: with a per-run key if none is set.
             let (pem, public_key) = new_private_key()?;
-            config.audit.signing_key_pem = Some(pem.into());
+            settings.audit.signing_key_pem = Some(pem.into());
             println!("sandbox audit checkpoint public key (this run only): {public_key}");
         }
+        config = settings.validated(format!("the configuration ({source}) with the sandbox"))?;
         let credentials = sb.credentials();
         sandbox = Some(sb);
         credentials

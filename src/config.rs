@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
+use url::Url;
 
 use crate::role::Role;
 
@@ -133,6 +134,96 @@ fn resolve_listen(setting: &str, listen: &str) -> Result<SocketAddr, String> {
         .map_err(|e| explain(e.to_string()))?
         .next()
         .ok_or_else(|| explain("the host name has no address".into()))
+}
+
+/// `setting`'s URL parsed: an http(s) URL with a host, no credentials in it (they would go to
+/// Contabo as part of the Host header; the problem shows the URL with them masked).
+fn contabo_url(setting: &str, text: &str) -> Result<Url, String> {
+    match Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+            if url.username().is_empty() && url.password().is_none() {
+                return Ok(url);
+            }
+            let mut masked = url;
+            let _ = masked.set_username("***");
+            let _ = masked.set_password(None);
+            Err(format!(
+                "{setting} = {:?} carries credentials (user@host), which would be sent upstream; \
+                 give the host alone, the gateway sends its own token",
+                masked.as_str()
+            ))
+        }
+        _ => Err(format!(
+            "{setting} = {text:?} is not an http(s) URL, e.g. \"https://api.contabo.com\""
+        )),
+    }
+}
+
+/// Where the gateway serves and where Contabo is, as [`Config::validated`] resolved them.
+#[derive(Debug, Clone)]
+struct Addresses {
+    listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
+    contabo: ContaboUrls,
+}
+
+/// Contabo's API and token endpoint (`upstream.api_url`, `upstream.auth_url`), parsed by
+/// validation: http(s), with a host, without credentials.
+#[derive(Debug, Clone)]
+pub struct ContaboUrls {
+    api: Url,
+    auth: Url,
+}
+
+impl ContaboUrls {
+    /// Contabo's API, under which every /v1 call's path is appended.
+    pub fn api(&self) -> &Url {
+        &self.api
+    }
+
+    /// The OAuth token endpoint the gateway gets its bearer token from.
+    pub fn auth(&self) -> &Url {
+        &self.auth
+    }
+}
+
+/// A configuration in which [`Config::validated`] found no problem, with the addresses its text
+/// names resolved there, once: the server binds and the upstream client connects with these, so
+/// nothing after start-up parses an address or trusts one unchecked. Reads as the [`Config`] it
+/// holds.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    settings: Config,
+    addresses: Addresses,
+}
+
+impl ValidConfig {
+    /// `server.listen` (a host name resolved to its first address: `localhost:8080`).
+    pub fn listen(&self) -> SocketAddr {
+        self.addresses.listen
+    }
+
+    /// `server.admin_listen`, when it is set.
+    pub fn admin_listen(&self) -> Option<SocketAddr> {
+        self.addresses.admin_listen
+    }
+
+    pub fn contabo(&self) -> &ContaboUrls {
+        &self.addresses.contabo
+    }
+
+    /// The settings, to change and validate again (`serve --sandbox` points them at the sandbox).
+    pub fn into_settings(self) -> Config {
+        self.settings
+    }
+}
+
+impl std::ops::Deref for ValidConfig {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.settings
+    }
 }
 
 /// Parses a TOML text into `T`. Every key the gateway does not know is reported, each on a line
@@ -704,17 +795,19 @@ impl Config {
         parse_toml(text)
     }
 
-    /// The configuration, when validation finds no problem; else every problem, said as
-    /// `origin` (where the configuration came from) having them.
-    pub fn validated(self, origin: impl std::fmt::Display) -> Result<Self, ConfigError> {
-        let problems = self.problems();
-        if problems.is_empty() {
-            return Ok(self);
+    /// The configuration with its addresses resolved, when validation finds no problem; else
+    /// every problem, said as `origin` (where the configuration came from) having them.
+    pub fn validated(self, origin: impl std::fmt::Display) -> Result<ValidConfig, ConfigError> {
+        match self.checked() {
+            (Some(addresses), problems) if problems.is_empty() => Ok(ValidConfig {
+                settings: self,
+                addresses,
+            }),
+            (_, problems) => Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                problems,
+            }),
         }
-        Err(ConfigError::Invalid {
-            origin: origin.to_string(),
-            problems,
-        })
     }
 
     /// Environment variables win over the file. `lookup` is injectable for tests.
@@ -770,34 +863,68 @@ impl Config {
 
     /// Every problem found, each a sentence that says what to change. Empty means valid.
     pub fn problems(&self) -> Vec<String> {
-        self.problems_of_values()
+        self.checked().1
+    }
+
+    /// The addresses resolved (None when any does not) and every problem found, each with the
+    /// environment variable named that set its value.
+    fn checked(&self) -> (Option<Addresses>, Vec<String>) {
+        let mut problems = Vec::new();
+        let addresses = self.addresses(&mut problems);
+        problems.extend(self.problems_of_values());
+        let problems = problems
             .into_iter()
             .map(|problem| {
                 let setting = problem.split(" =").next().unwrap_or_default();
                 let note = self.env_note(setting);
                 problem + &note
             })
-            .collect()
+            .collect();
+        (addresses, problems)
+    }
+
+    /// What `server.listen`, `server.admin_listen` and Contabo's two URLs name, resolved and
+    /// parsed; None when any of them does not, each such problem added to `problems`.
+    fn addresses(&self, problems: &mut Vec<String>) -> Option<Addresses> {
+        fn noted<T>(result: Result<T, String>, problems: &mut Vec<String>) -> Option<T> {
+            result.map_err(|problem| problems.push(problem)).ok()
+        }
+        let listen = noted(
+            resolve_listen("server.listen", &self.server.listen),
+            problems,
+        );
+        let admin_listen = match self.server.admin_listen.as_str() {
+            "" => Some(None),
+            text => noted(
+                resolve_listen("server.admin_listen", text).and_then(|admin| {
+                    let shared = listen.is_some_and(|api| api.port() == admin.port());
+                    match shared && admin.port() != 0 {
+                        true => Err(format!(
+                            "server.admin_listen = {text:?} uses the port of server.listen; give \
+                             the admin endpoints a port of their own"
+                        )),
+                        false => Ok(Some(admin)),
+                    }
+                }),
+                problems,
+            ),
+        };
+        let api = contabo_url("upstream.api_url", &self.upstream.api_url);
+        let api = noted(api, problems);
+        let auth = contabo_url("upstream.auth_url", &self.upstream.auth_url);
+        let auth = noted(auth, problems);
+        Some(Addresses {
+            listen: listen?,
+            admin_listen: admin_listen?,
+            contabo: ContaboUrls {
+                api: api?,
+                auth: auth?,
+            },
+        })
     }
 
     fn problems_of_values(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let listen = resolve_listen("server.listen", &self.server.listen);
-        if let Err(problem) = &listen {
-            problems.push(problem.clone());
-        }
-        if !self.server.admin_listen.is_empty() {
-            match resolve_listen("server.admin_listen", &self.server.admin_listen) {
-                Err(problem) => problems.push(problem),
-                Ok(admin) if listen.as_ref().is_ok_and(|api| api.port() == admin.port() && admin.port() != 0) => {
-                    problems.push(format!(
-                        "server.admin_listen = {:?} uses the port of server.listen; give the admin endpoints a port of their own",
-                        self.server.admin_listen
-                    ))
-                }
-                Ok(_) => {}
-            }
-        }
         let endpoint = &self.telemetry.otlp_endpoint;
         let is_url = endpoint.starts_with("http://") || endpoint.starts_with("https://");
         if !endpoint.is_empty() && !is_url {
@@ -842,17 +969,6 @@ impl Config {
         }
         if self.server.max_body_bytes == 0 {
             problems.push("server.max_body_bytes must be at least 1".into());
-        }
-        for (key, url) in [
-            ("upstream.api_url", &self.upstream.api_url),
-            ("upstream.auth_url", &self.upstream.auth_url),
-        ] {
-            match reqwest::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                _ => problems.push(format!(
-                    "{key} = {url:?} is not an http(s) URL, e.g. \"https://api.contabo.com\""
-                )),
-            }
         }
         if self.upstream.timeout.is_zero() {
             problems.push("upstream.timeout_secs must be at least 1".into());
@@ -1103,19 +1219,6 @@ impl Config {
             n => n,
         }
     }
-
-    /// The address `server.listen` names (a host name is resolved: `localhost:8080`).
-    pub fn listen_addr(&self) -> SocketAddr {
-        resolve_listen("server.listen", &self.server.listen).expect("validated by Config::problems")
-    }
-
-    /// The address `server.admin_listen` names, when it is set.
-    pub fn admin_listen_addr(&self) -> Option<SocketAddr> {
-        (!self.server.admin_listen.is_empty()).then(|| {
-            resolve_listen("server.admin_listen", &self.server.admin_listen)
-                .expect("validated by Config::problems")
-        })
-    }
 }
 
 #[cfg(test)]
@@ -1256,12 +1359,50 @@ mod tests {
     }
 
     #[test]
+    fn validation_resolves_the_addresses_once_and_names_every_bad_one() {
+        let mut cfg = Config::default();
+        cfg.server.listen = "127.0.0.1:7000".into();
+        cfg.server.admin_listen = "[::1]:7001".into();
+        cfg.upstream.api_url = "http://127.0.0.1:9/prefix/".into();
+        let valid = cfg.clone().validated("the test").unwrap();
+        assert_eq!(valid.listen(), "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(valid.admin_listen(), Some("[::1]:7001".parse().unwrap()));
+        assert_eq!(valid.contabo().api().path(), "/prefix/");
+        assert_eq!(valid.contabo().auth().host_str(), Some("auth.contabo.com"));
+        cfg.server.admin_listen = "localhost:7000".into();
+        cfg.upstream.auth_url = "token-endpoint".into();
+        let error = cfg.validated("the test").unwrap_err().to_string();
+        assert!(error.contains("has 2 problem"), "{error}");
+        assert!(error.contains("uses the port of server.listen"), "{error}");
+        assert!(
+            error.contains("upstream.auth_url = \"token-endpoint\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_api_url_with_credentials_is_refused_without_echoing_them() {
+        let mut cfg = Config::default();
+        cfg.upstream.api_url = "https://team:hunter2@api.example.com".into();
+        let problems = cfg.problems().join("\n");
+        assert!(problems.contains("carries credentials"), "{problems}");
+        assert!(
+            problems.contains("https://***@api.example.com/"),
+            "{problems}"
+        );
+        assert!(
+            !problems.contains("hunter2") && !problems.contains("team"),
+            "{problems}"
+        );
+    }
+
+    #[test]
     fn listen_takes_a_host_name() {
         let mut cfg = Config::default();
         cfg.server.listen = "localhost:8080".into();
-        assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
-        assert_eq!(cfg.listen_addr().port(), 8080);
-        assert!(cfg.listen_addr().ip().is_loopback());
+        let valid = cfg.clone().validated("the test").unwrap();
+        assert_eq!(valid.listen().port(), 8080);
+        assert!(valid.listen().ip().is_loopback());
         cfg.server.listen = "localhost".into();
         let problems = cfg.problems().join("\n");
         assert!(problems.contains("localhost:8080"), "{problems}");

@@ -13,7 +13,7 @@ use crate::auth_throttle::AuthThrottle;
 use crate::cache::ResponseCache;
 use crate::client_address::TrustedProxies;
 use crate::clients::ClientRegistry;
-use crate::config::{ClientConfig, Config, Credentials};
+use crate::config::{ClientConfig, Config, Credentials, ValidConfig};
 use crate::ratelimit::RateLimits;
 use crate::routes::RouteTable;
 use crate::team_token::TokenSigner;
@@ -74,8 +74,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: Config, credentials: Credentials) -> Result<Self, BuildError> {
-        let upstream = Upstream::new(&config.upstream, credentials, config.worker_count())?;
+    pub fn new(config: ValidConfig, credentials: Credentials) -> Result<Self, BuildError> {
+        let upstream = Upstream::new(
+            &config.upstream,
+            config.contabo(),
+            credentials,
+            config.worker_count(),
+        )?;
+        let config = config.into_settings();
         let cache = Arc::new(ResponseCache::new(&config.cache)?);
         crate::metrics::handle();
         let team_tokens = match config.auth.signing_key_bytes()? {

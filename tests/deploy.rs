@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::{announce_skip, http, json, spawn_gateway_process_with_env, test_redis_url};
-use contabo_gateway::config::{CREDENTIAL_VARS, Config};
+use contabo_gateway::config::{CREDENTIAL_VARS, Config, ValidConfig};
 use contabo_gateway::sandbox::{Sandbox, SandboxOptions};
 use serde_yaml::Value;
 
@@ -52,14 +52,22 @@ fn known_env_names() -> Vec<&'static str> {
 }
 
 fn listen_port(config: &Config) -> u16 {
-    config.listen_addr().port()
+    valid(config).listen().port()
 }
 
 fn admin_port(config: &Config) -> u16 {
-    config
-        .admin_listen_addr()
+    valid(config)
+        .admin_listen()
         .expect("the deploy config has an admin port")
         .port()
+}
+
+/// The deploy file's configuration as the gateway would start with it.
+fn valid(config: &Config) -> ValidConfig {
+    config
+        .clone()
+        .validated("the deploy config")
+        .unwrap_or_else(|error| panic!("{error}"))
 }
 
 #[test]
@@ -689,9 +697,9 @@ fn the_ingress_example_routes_the_api_to_the_service_and_its_proxies_are_trusted
 #[test]
 fn the_systemd_config_is_a_single_local_instance() {
     let config = Config::from_file(&deploy("systemd/gateway.toml")).unwrap();
-    assert!(config.problems().is_empty(), "{:?}", config.problems());
-    assert!(config.listen_addr().ip().is_loopback());
-    assert!(config.admin_listen_addr().unwrap().ip().is_loopback());
+    let valid = valid(&config);
+    assert!(valid.listen().ip().is_loopback());
+    assert!(valid.admin_listen().unwrap().ip().is_loopback());
     assert_eq!(config.rate_limit.replicas, 1);
     assert!(config.rate_limit.redis_url.is_empty() && config.cache.redis_url.is_empty());
     assert!(

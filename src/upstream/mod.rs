@@ -20,9 +20,10 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use pool::{ConnectionPool, PoolError};
 
-use crate::config::{Credentials, UpstreamConfig};
+use crate::config::{ContaboUrls, Credentials, UpstreamConfig};
 use crate::error::GatewayError;
 use token::TokenManager;
+use url::Url;
 
 /// A call to send upstream. Its headers are made for every attempt from the caller's
 /// ([`headers::for_upstream`]), tagged with the request id and the gateway's token.
@@ -77,19 +78,11 @@ pub struct Upstream {
     pub tokens: TokenManager,
 }
 
-/// Why the upstream settings cannot be used.
+/// Why the upstream client cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstream.api_url {url:?} is not usable: {why}")]
     ApiUrl { url: String, why: String },
-    /// Not echoed: the URL carries a secret.
-    #[error(
-        "upstream.api_url carries credentials (user@host), which would be sent upstream as the \
-         Host header; give the host alone, the gateway sends its own token"
-    )]
-    ApiUrlCredentials,
-    #[error("upstream.auth_url is not a URL: {0}")]
-    AuthUrl(#[source] url::ParseError),
     #[error("cannot set up TLS for upstream: {0}")]
     Tls(#[source] rustls::Error),
     #[error("cannot build the token endpoint's HTTP client: {0}")]
@@ -100,39 +93,29 @@ pub enum UpstreamError {
 struct ApiBase {
     scheme: Scheme,
     authority: Authority,
-    /// The Host header of every call: the authority as written (port included when given).
+    /// The Host header of every call: the authority (port included when it is not the scheme's).
     host: HeaderValue,
     /// A path the API lives under (`https://host/prefix`), without its trailing slash; usually "".
     prefix: String,
 }
 
 impl ApiBase {
-    fn parse(api_url: &str) -> Result<Self, UpstreamError> {
+    /// The pieces of the API's URL (validation made sure it is http(s), has a host and carries
+    /// no credentials).
+    fn new(api_url: &Url) -> Result<Self, UpstreamError> {
         let invalid = |why: String| UpstreamError::ApiUrl {
             url: api_url.to_string(),
             why,
         };
-        let uri: Uri = api_url.parse().map_err(|e| invalid(format!("{e}")))?;
-        let parts = uri.into_parts();
-        let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
-            return Err(invalid(
-                "it needs a scheme and a host, as in https://api.contabo.com".into(),
-            ));
-        };
-        if authority.as_str().contains('@') {
-            return Err(UpstreamError::ApiUrlCredentials);
-        }
-        let prefix = parts
-            .path_and_query
-            .map(|pq| pq.path().trim_end_matches('/').to_string())
-            .unwrap_or_default();
-        let host =
-            HeaderValue::from_str(authority.as_str()).map_err(|e| invalid(format!("{e}")))?;
+        let scheme = Scheme::try_from(api_url.scheme()).map_err(|e| invalid(e.to_string()))?;
+        let authority =
+            Authority::try_from(api_url.authority()).map_err(|e| invalid(e.to_string()))?;
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| invalid(e.to_string()))?;
         Ok(Self {
             scheme,
             authority,
             host,
-            prefix,
+            prefix: api_url.path().trim_end_matches('/').to_string(),
         })
     }
 
@@ -170,14 +153,17 @@ impl ApiBase {
 }
 
 impl Upstream {
+    /// The client of Contabo at `contabo`, with `settings`' timeouts and one connection pool per
+    /// worker runtime.
     pub fn new(
-        config: &UpstreamConfig,
+        settings: &UpstreamConfig,
+        contabo: &ContaboUrls,
         credentials: Credentials,
         workers: usize,
     ) -> Result<Self, UpstreamError> {
-        let timeout = config.timeout;
-        let connect_timeout = config.connect_timeout;
-        let base = ApiBase::parse(&config.api_url)?;
+        let timeout = settings.timeout;
+        let connect_timeout = settings.connect_timeout;
+        let base = ApiBase::new(contabo.api())?;
         let connector = https_connector(connect_timeout)?;
         let pools = (0..workers.max(1))
             .map(|_| ConnectionPool::new(connector.clone(), base.origin(), IDLE_TIMEOUT))
@@ -189,9 +175,8 @@ impl Upstream {
             .no_proxy()
             .build()
             .map_err(UpstreamError::TokenClient)?;
-        let auth_url = reqwest::Url::parse(&config.auth_url).map_err(UpstreamError::AuthUrl)?;
         Ok(Self {
-            tokens: TokenManager::new(token_client, auth_url, credentials),
+            tokens: TokenManager::new(token_client, contabo.auth().clone(), credentials),
             pools,
             base,
             timeout,
@@ -343,23 +328,16 @@ mod tests {
 
     #[test]
     fn the_base_url_gives_host_origin_and_origin_form_targets() {
-        let base = ApiBase::parse("https://api.example.com:8443/prefix/").unwrap();
+        let url = Url::parse("https://api.example.com:8443/prefix/").unwrap();
+        let base = ApiBase::new(&url).unwrap();
         assert_eq!(base.host, "api.example.com:8443");
         assert_eq!(base.origin().to_string(), "https://api.example.com:8443/");
         let target = base
             .target(&PathAndQuery::from_static("/v1/users?page=2"))
             .unwrap();
         assert_eq!(target.to_string(), "/prefix/v1/users?page=2");
-    }
-
-    #[test]
-    fn a_base_url_with_credentials_is_refused_without_echoing_them() {
-        let error = ApiBase::parse("https://team:hunter2@api.example.com")
-            .err()
-            .expect("credentials in the URL must be refused");
-        assert!(matches!(error, UpstreamError::ApiUrlCredentials), "{error}");
-        let error = error.to_string();
-        assert!(error.contains("credentials"), "{error}");
-        assert!(!error.contains("hunter2"), "{error}");
+        let plain = ApiBase::new(&Url::parse("https://api.example.com").unwrap()).unwrap();
+        assert_eq!(plain.host, "api.example.com");
+        assert_eq!(plain.prefix, "");
     }
 }

@@ -166,7 +166,9 @@ pub async fn start_gateway(
     config.server.listen = "127.0.0.1:0".into();
     config.server.workers = 2;
     tweak(&mut config);
-    assert!(config.problems().is_empty(), "{:?}", config.problems());
+    let config = config
+        .validated("the test's configuration")
+        .unwrap_or_else(|error| panic!("{error}"));
     let application = Application::build(config, credentials).await.unwrap();
     let url = format!("http://{}", application.address());
     let admin_url = application
