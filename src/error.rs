@@ -71,14 +71,19 @@ pub enum GatewayError {
     )]
     AuditUnavailable(String),
     #[error(
-        "team {team} is over its rate limit ({} calls/s, burst {}); retry after {} s",
-        quota.policy.per_second,
-        quota.policy.burst,
-        crate::ratelimit::headers::whole_seconds(quota.decision.retry_after).max(1)
+        "team {team} is over its rate limit ({per_second} calls/s, burst {burst}); retry after {} s",
+        crate::ratelimit::headers::whole_seconds(*retry_after).max(1)
     )]
     RateLimited {
         team: String,
-        quota: Box<crate::ratelimit::Quota>,
+        /// The team's limit as configured (what `ratelimit-policy` advertises).
+        per_second: f64,
+        burst: u32,
+        /// Where its bucket stands: tokens left, the wait until the call's cost is there, and
+        /// until the bucket is full (`ratelimit`, `retry-after`).
+        remaining: u32,
+        retry_after: std::time::Duration,
+        reset_after: std::time::Duration,
     },
     #[error(
         "the shared Contabo credential's call budget (rate_limit.upstream_per_second) is used up \
@@ -96,9 +101,14 @@ pub enum GatewayError {
 impl From<ratelimit::Refusal> for GatewayError {
     fn from(refusal: ratelimit::Refusal) -> Self {
         match refusal {
-            ratelimit::Refusal::TeamLimited { team, quota } => {
-                GatewayError::RateLimited { team, quota }
-            }
+            ratelimit::Refusal::TeamLimited { team, quota } => GatewayError::RateLimited {
+                team,
+                per_second: quota.policy.per_second,
+                burst: quota.policy.burst,
+                remaining: quota.decision.remaining,
+                retry_after: quota.decision.retry_after,
+                reset_after: quota.decision.reset_after,
+            },
             ratelimit::Refusal::BudgetExhausted {
                 retry_after,
                 max_wait_ms,
@@ -184,9 +194,21 @@ impl GatewayError {
                     HeaderValue::from(*retry_after_secs),
                 );
             }
-            GatewayError::RateLimited { quota, .. } => {
-                ratelimit::headers::retry_after(headers, quota.decision.retry_after);
-                quota.apply(headers);
+            GatewayError::RateLimited {
+                per_second,
+                burst,
+                remaining,
+                retry_after,
+                reset_after,
+                ..
+            } => {
+                let policy = ratelimit::Policy {
+                    per_second: *per_second,
+                    burst: *burst,
+                };
+                let policy = ratelimit::headers::policy_value(policy);
+                ratelimit::headers::retry_after(headers, *retry_after);
+                ratelimit::headers::apply(headers, &policy, *remaining, *reset_after);
             }
             GatewayError::UpstreamBudgetExhausted { retry_after, .. } => {
                 ratelimit::headers::retry_after(headers, *retry_after);
@@ -226,5 +248,26 @@ mod tests {
         assert_eq!(v["error"], "bad_request");
         assert_eq!(v["message"], "fix it");
         assert_eq!(v["request_id"], id.as_str());
+    }
+
+    #[test]
+    fn a_team_over_its_limit_is_told_its_limit_and_when_to_retry() {
+        let refused = GatewayError::RateLimited {
+            team: "team-a".into(),
+            per_second: 5.0,
+            burst: 10,
+            remaining: 0,
+            retry_after: std::time::Duration::from_millis(1200),
+            reset_after: std::time::Duration::from_millis(2100),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "team team-a is over its rate limit (5 calls/s, burst 10); retry after 2 s"
+        );
+        let resp = refused.into_response_with(&RequestId::generate());
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()["retry-after"], "2");
+        assert_eq!(resp.headers()["ratelimit-policy"], "\"team\";q=10;w=2");
+        assert_eq!(resp.headers()["ratelimit"], "\"team\";r=0;t=3");
     }
 }

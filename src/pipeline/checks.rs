@@ -107,12 +107,10 @@ pub fn identify(
         (Err(KeyProblem::Missing), Some(ClientCertificate(subject))) => gw
             .clients()
             .identify_by_certificate(subject)
-            .ok_or_else(|| {
-                GatewayError::Unauthenticated(
-                    "the client certificate is valid but its subject is no team's cert_subject, \
-                     and no team key was sent; ask the operator to add the subject or send a key",
-                )
-            }),
+            .ok_or(GatewayError::Unauthenticated(
+                "the client certificate is valid but its subject is no team's cert_subject, \
+                 and no team key was sent; ask the operator to add the subject or send a key",
+            )),
         (presented, _) => presented
             .map_err(|p| GatewayError::Unauthenticated(p.message()))
             .and_then(|credential| match &gw.team_tokens {

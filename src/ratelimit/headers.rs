@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{Decision, Policy};
+use super::Policy;
 
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -34,17 +34,13 @@ pub fn policy_value(policy: Policy) -> HeaderValue {
 
 /// The team's quota policy and what is left of it after this call. The `ratelimit` value is
 /// written digit by digit into one buffer: it is made for every call.
-pub fn apply(headers: &mut HeaderMap, policy: &HeaderValue, decision: &Decision) {
+pub fn apply(headers: &mut HeaderMap, policy: &HeaderValue, remaining: u32, reset_after: Duration) {
     let mut digits = itoa::Buffer::new();
     let mut state = bytes::BytesMut::with_capacity(32);
     state.extend_from_slice(b"\"team\";r=");
-    state.extend_from_slice(digits.format(decision.remaining).as_bytes());
+    state.extend_from_slice(digits.format(remaining).as_bytes());
     state.extend_from_slice(b";t=");
-    state.extend_from_slice(
-        digits
-            .format(whole_seconds(decision.reset_after))
-            .as_bytes(),
-    );
+    state.extend_from_slice(digits.format(whole_seconds(reset_after)).as_bytes());
     headers.insert(RATELIMIT_POLICY, policy.clone());
     if let Ok(state) = HeaderValue::from_maybe_shared(state.freeze()) {
         headers.insert(RATELIMIT, state);
@@ -97,17 +93,11 @@ mod tests {
     #[test]
     fn ietf_fields() {
         let mut headers = HeaderMap::new();
-        let decision = Decision {
-            allowed: true,
-            remaining: 7,
-            retry_after: Duration::ZERO,
-            reset_after: Duration::from_millis(600),
-        };
         let policy = policy_value(Policy {
             per_second: 5.0,
             burst: 10,
         });
-        apply(&mut headers, &policy, &decision);
+        apply(&mut headers, &policy, 7, Duration::from_millis(600));
         assert_eq!(headers[RATELIMIT_POLICY], "\"team\";q=10;w=2");
         assert_eq!(headers[RATELIMIT], "\"team\";r=7;t=1");
     }

@@ -72,7 +72,13 @@ pub struct Quota {
 
 impl Quota {
     pub fn apply(&self, headers: &mut http::HeaderMap) {
-        headers::apply(headers, &self.policy_header, &self.decision);
+        let decision = &self.decision;
+        headers::apply(
+            headers,
+            &self.policy_header,
+            decision.remaining,
+            decision.reset_after,
+        );
     }
 }
 
