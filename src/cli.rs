@@ -410,11 +410,19 @@ fn probe(url: &str) -> anyhow::Result<()> {
 fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     let (config, source) = load_valid(path)?;
     println!("configuration OK ({source})");
-    println!("  listen: {}", config.server.listen);
-    if !config.server.admin_listen.is_empty() {
+    // A host name is shown with the address it resolved to, the one `serve` binds.
+    let shown = |text: &str, resolved: std::net::SocketAddr| match resolved.to_string() == text {
+        true => text.to_string(),
+        false => format!("{text} ({resolved})"),
+    };
+    println!(
+        "  listen: {}",
+        shown(&config.server.listen, config.listen())
+    );
+    if let Some(admin) = config.admin_listen() {
         println!(
             "  admin endpoints (/_gateway/*): {}",
-            config.server.admin_listen
+            shown(&config.server.admin_listen, admin)
         );
     }
     // The certificate files are read here too, so a broken pair shows before a start.

@@ -151,13 +151,20 @@ fn check_config_explains_every_problem_and_honours_gateway_config() {
     let (_, block) = new_key("ops", "admin");
     std::fs::write(
         &good,
-        format!("[server]\nlisten = \"127.0.0.1:9999\"\n\n{block}"),
+        format!(
+            "[server]\nlisten = \"127.0.0.1:9999\"\nadmin_listen = \"localhost:9998\"\n\n{block}"
+        ),
     )
     .unwrap();
     let (ok, stdout, _) = output(gateway().arg("check-config").env("GATEWAY_CONFIG", &good));
     assert!(ok, "{stdout}");
     assert!(
-        stdout.contains("clients: 1") && stdout.contains("127.0.0.1:9999"),
+        stdout.contains("clients: 1") && stdout.contains("listen: 127.0.0.1:9999\n"),
+        "{stdout}"
+    );
+    // A host name is shown with the address it resolved to.
+    assert!(
+        stdout.contains("(/_gateway/*): localhost:9998 (") && stdout.contains(":9998)"),
         "{stdout}"
     );
     // --config wins over GATEWAY_CONFIG.
